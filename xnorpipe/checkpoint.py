@@ -1,0 +1,83 @@
+"""Checkpoints: `cifar10_<arch>_checkpoint.pth.tar` (+ `_best`), written atomically.
+
+A checkpoint is a dict: format, arch, cfg, groups, epoch, best_acc1, model (state dict),
+optimizer, scheduler (state dicts, may be absent), and any extra fields the trainer adds.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xnorpipe.errors import XnorpipeError
+from xnorpipe.utils import atomic_path
+
+FORMAT = "xnorpipe-checkpoint/1"
+DEFAULT_DIR = "checkpoints"
+
+
+def checkpoint_path(arch: str, out_dir: str | os.PathLike = DEFAULT_DIR, best: bool = False) -> Path:
+    return Path(out_dir) / f"cifar10_{arch}_{'best' if best else 'checkpoint'}.pth.tar"
+
+
+def default_checkpoint(arch: str) -> Path:
+    """The best checkpoint `xnorpipe train --arch ARCH` writes by default."""
+    return checkpoint_path(arch, DEFAULT_DIR, best=True)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    state = {"format": FORMAT, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    arch: str
+    cfg: list[int]
+    groups: list[int]
+    epoch: int
+    best_acc1: float
+    state: dict[str, Any] = field(repr=False)
+
+    def build_model(self) -> torch.nn.Module:
+        """The model of this checkpoint with its weights loaded (eval mode)."""
+        from xnorpipe.models import build_model
+
+        model = build_model(self.arch, self.cfg, self.groups)
+        try:
+            model.load_state_dict(self.state["model"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise XnorpipeError(f"{self.path}: weights do not fit {self.arch}: {first}") from None
+        return model.eval()
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Checkpoint:
+    """Read and validate a checkpoint; `arch`, when given, must match the stored one."""
+    path = Path(path)
+    if not path.is_file():
+        raise XnorpipeError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise XnorpipeError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                            f"{type(e).__name__}") from None
+    except Exception as e:  # pickle errors of foreign files
+        raise XnorpipeError(f"{path}: not an xnorpipe checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise XnorpipeError(f"{path}: not an xnorpipe checkpoint (no '{FORMAT}' format tag)")
+    if arch is not None and state.get("arch") != arch:
+        raise XnorpipeError(f"{path}: checkpoint is for arch {state.get('arch')!r}, not {arch!r}")
+    try:
+        return Checkpoint(path=path, arch=str(state["arch"]), cfg=list(state["cfg"]),
+                          groups=list(state["groups"]), epoch=int(state.get("epoch", 0)),
+                          best_acc1=float(state.get("best_acc1", 0.0)), state=state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise XnorpipeError(f"{path}: checkpoint lacks field {e}") from None

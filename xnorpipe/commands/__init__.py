@@ -1,0 +1,1 @@
+"""Subcommands of the `xnorpipe` CLI; shared flags live in options.py."""
