@@ -1,0 +1,537 @@
+"""Training and evaluation: the seed's recipe, data resident on the device, resumable, DDP-ready.
+
+`train(TrainOptions(...))` runs the whole thing (the `xnorpipe train` CLI is a thin layer over it);
+`evaluate(model, images, labels)` is the test loop shared with the deploy/bench code.
+
+Under `torchrun` (env WORLD_SIZE > 1) it runs DDP (gloo on CPU, nccl on CUDA) with no other
+change: --batch-size stays the global batch (split evenly across processes, so the seed's lr
+still fits), every rank draws the same global shuffle, and only rank 0 writes files or prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from xnorpipe.data import BatchIterator, Cifar10, load_cifar10, normalize, to_tensor
+from xnorpipe.errors import XnorpipeError
+from xnorpipe.models import ARCHS, build_model
+from xnorpipe.utils import atomic_write_text, progress_interval
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+BATCH_SIZE = 100
+LR_MILESTONES = (0.5, 0.75)
+LR_GAMMA = 0.1
+
+
+class TrainingInterrupted(XnorpipeError):
+    """Ctrl-C: the last completed epoch's checkpoint is intact; exit like SIGINT does."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainOptions:
+    """Options of one run; None means "the seed's default" (or, on --resume, the checkpoint's)."""
+
+    arch: str
+    data: str
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    deterministic: bool = False
+    seed: int | None = None
+    amp: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    out: str = "checkpoints"
+    resume: str | None = None  # "auto" = <out>/cifar10_<arch>_checkpoint.pth.tar, or a path
+    compile: bool = False
+    cfg: Sequence[int] | None = None
+    groups: Sequence[int] | None = None
+    # NHWC: faster for these nets on CUDA and, per benchmarks/bench_train.py, on CPU (oneDNN) too.
+    channels_last: bool = True
+    progress: bool = True
+    plot: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise XnorpipeError("--device cuda: no CUDA device is available "
+                                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name == "cpu":
+        return torch.device("cpu")
+    raise XnorpipeError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def dist_from_env() -> Dist:
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise XnorpipeError("WORLD_SIZE/RANK/LOCAL_RANK must be integers") from None
+    return Dist(rank, world, local_rank)
+
+
+def milestones(epochs: int) -> list[int]:
+    # At least 1: a milestone at 0 would cut the lr before the first epoch of a short run.
+    return [max(1, int(epochs * f)) for f in LR_MILESTONES]
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def make_scheduler(optimizer, epochs: int) -> torch.optim.lr_scheduler.MultiStepLR:
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=LR_GAMMA)
+
+
+def scheduler_state(scheduler) -> dict:
+    """MultiStepLR's state with its Counter as a plain dict (torch.load(weights_only) refuses Counter)."""
+    state = dict(scheduler.state_dict())
+    state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    return state
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    state = dict(state)
+    state["milestones"] = Counter({int(k): int(v) for k, v in state["milestones"].items()})
+    scheduler.load_state_dict(state)
+
+
+def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    if not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images, labels, *,
+             batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
+             memory_format=torch.contiguous_format, amp_dtype: torch.dtype | None = None,
+             dist: Dist | None = None) -> dict[str, float]:
+    """Top-1 (percent) and mean cross-entropy of `model` on uint8 images.
+
+    images: (N, 3, 32, 32) uint8 tensor or (N, 32, 32, 3) uint8 numpy; labels: int64.
+    `model` is any callable from normalised float batches to logits (an nn.Module is put in
+    eval mode). Under DDP every rank scores every world-th image and the sums are reduced.
+    """
+    dist = dist or Dist()
+    if device is None:
+        device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
+    device = torch.device(device)
+    if isinstance(images, np.ndarray):
+        images = to_tensor(images, device)
+    labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
+    images = images.to(device)
+    if isinstance(model, nn.Module):
+        model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    mine = torch.arange(dist.rank, len(labels), dist.world, device=device)
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        x = normalize(images.index_select(0, idx), memory_format)
+        y = labels.index_select(0, idx)
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    totals = torch.stack([loss_sum, correct.double()])
+    if dist.enabled:
+        torch.distributed.all_reduce(totals)
+    n = len(labels)
+    loss_total, correct_total = totals.tolist()
+    return {"top1": 100.0 * correct_total / max(n, 1), "loss": loss_total / max(n, 1),
+            "n": n, "correct": int(round(correct_total))}
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size: int = BATCH_SIZE,
+                        device: str = "auto", test_subset: int | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Load a checkpoint and score it on the test split of `data` (the `xnorpipe eval` body)."""
+    dev = resolve_device(device)
+    _check_positive("--test-subset", test_subset)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model().to(dev)
+    dataset = load_cifar10(data, progress=progress)
+    images, labels = dataset.test_images[:test_subset], dataset.test_labels[:test_subset]
+    result = evaluate(model, to_tensor(images, dev), torch.from_numpy(labels),
+                      batch_size=batch_size, device=dev)
+    return {**result, "arch": ckpt.arch, "checkpoint": str(checkpoint), "epoch": ckpt.epoch,
+            "cfg": ckpt.cfg, "groups": ckpt.groups, "device": str(dev)}
+
+
+# ------------------------------------------------------------------- training
+
+
+def _check_positive(flag: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise XnorpipeError(f"{flag} must be positive, got {value}")
+
+
+@dataclass
+class _Recipe:
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    subset: int | None
+    test_subset: int | None
+    cfg: list[int]
+    groups: list[int]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _resolve_recipe(opts: TrainOptions, stored: dict | None) -> _Recipe:
+    """Explicit options win over the checkpoint's recipe (which wins over the seed's defaults);
+    a resumed run may not change what would make it differ from an uninterrupted one."""
+    spec = ARCHS[opts.arch]
+    base = stored or {}
+    if stored is not None:
+        for name in ("epochs", "lr", "batch_size", "seed", "subset", "test_subset"):
+            given = getattr(opts, name)
+            if given is not None and given != stored.get(name):
+                raise XnorpipeError(f"--resume: --{name.replace('_', '-')} {given} differs from "
+                                    f"the checkpoint's {stored.get(name)}; drop it to continue")
+        for name in ("cfg", "groups"):
+            given = getattr(opts, name)
+            if given is not None and list(given) != list(stored[name]):
+                raise XnorpipeError(f"--resume: --{name} {list(given)} differs from the "
+                                    f"checkpoint's {list(stored[name])}")
+
+    def pick(name, default):
+        given = getattr(opts, name)
+        return given if given is not None else base.get(name, default)
+
+    if opts.seed is not None:
+        seed = opts.seed
+    elif "seed" in base:
+        seed = base["seed"]
+    else:
+        seed = 0 if opts.deterministic else secrets.randbelow(2 ** 31)
+    return _Recipe(epochs=int(pick("epochs", spec.epochs)), lr=float(pick("lr", spec.lr)),
+                   batch_size=int(pick("batch_size", BATCH_SIZE)), seed=int(seed),
+                   subset=pick("subset", None), test_subset=pick("test_subset", None),
+                   cfg=list(pick("cfg", spec.cfg)), groups=list(pick("groups", spec.groups)))
+
+
+def _validate(opts: TrainOptions) -> None:
+    if opts.arch not in ARCHS:
+        raise XnorpipeError(f"unknown arch {opts.arch!r}; choose from {', '.join(ARCHS)}")
+    if opts.epochs is not None and opts.epochs < 1:
+        raise XnorpipeError(f"--epochs must be at least 1, got {opts.epochs}")
+    _check_positive("--lr", opts.lr)
+    _check_positive("--batch-size", opts.batch_size)
+    _check_positive("--subset", opts.subset)
+    _check_positive("--test-subset", opts.test_subset)
+    if opts.seed is not None and opts.seed < 0:
+        raise XnorpipeError(f"--seed must be non-negative, got {opts.seed}")
+
+
+@contextlib.contextmanager
+def _determinism(deterministic: bool, device: torch.device):
+    """Set the global determinism switches for one run, then restore them (library callers)."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    _configure_determinism(deterministic, device)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def _configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        # cuBLAS needs this before its first handle for deterministic GEMMs.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"data": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["data"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_log(path: Path, upto_epoch: int) -> list[dict]:
+    """Log records of epochs <= upto_epoch (a crash may have logged an epoch it never saved)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("epoch", 0) <= upto_epoch:
+                records.append(rec)
+    return records
+
+
+def train(opts: TrainOptions) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics and the files written."""
+    _validate(opts)
+    dist = dist_from_env()
+    device = resolve_device(opts.device, dist.local_rank)
+    if opts.amp and device.type != "cuda":
+        raise XnorpipeError("--amp needs a CUDA device (mixed precision on CPU would only be slower)")
+    out = Path(opts.out)
+    last_path = checkpoint_path(opts.arch, out)
+    best_path = checkpoint_path(opts.arch, out, best=True)
+    log_path = out / f"cifar10_{opts.arch}_log.jsonl"
+    plot_path = out / f"cifar10_{opts.arch}_curves.png"
+
+    ckpt = None
+    if opts.resume is not None:
+        resume_path = last_path if opts.resume == "auto" else Path(opts.resume)
+        if not resume_path.is_file():
+            raise XnorpipeError(f"--resume: no checkpoint at {resume_path}")
+        ckpt = load_checkpoint(resume_path, arch=opts.arch)
+        for key in ("optimizer", "scheduler", "rng", "recipe"):
+            if key not in ckpt.state:
+                raise XnorpipeError(f"{resume_path}: holds no training state ({key}); "
+                                    "cannot resume from it")
+    recipe = _resolve_recipe(opts, ckpt.state["recipe"] if ckpt else None)
+    _check_positive("--batch-size", recipe.batch_size)
+    if recipe.batch_size % dist.world:
+        raise XnorpipeError(f"--batch-size {recipe.batch_size} is not divisible by the "
+                            f"{dist.world} processes")
+    if ckpt is not None and ckpt.epoch >= recipe.epochs:
+        raise XnorpipeError(f"--resume: {ckpt.path} already finished all {recipe.epochs} epochs")
+
+    if dist.enabled:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    stack = contextlib.ExitStack()
+    try:
+        if dist.enabled:
+            # A random seed must be rank 0's everywhere: the global shuffle depends on it.
+            shared = [recipe.seed]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            recipe.seed = int(shared[0])
+        stack.enter_context(_determinism(opts.deterministic, device))
+        torch.manual_seed(recipe.seed)
+        model = build_model(opts.arch, recipe.cfg, recipe.groups)
+
+        if dist.enabled and not dist.is_main:
+            torch.distributed.barrier()  # rank 0 decodes and caches first; the rest read the cache
+        dataset = load_cifar10(opts.data, progress=opts.progress and dist.is_main)
+        if dist.enabled and dist.is_main:
+            torch.distributed.barrier()
+        for flag, n, total in (("--subset", recipe.subset, len(dataset.train_labels)),
+                               ("--test-subset", recipe.test_subset, len(dataset.test_labels))):
+            if n is not None and n > total:
+                raise XnorpipeError(f"{flag} {n} exceeds the {total} images of {opts.data}")
+        if len(dataset.classes) != model.num_classes:
+            raise XnorpipeError(f"{opts.data}: {len(dataset.classes)} classes, the model has "
+                                f"{model.num_classes}")
+        dataset = dataset.subset(recipe.subset, recipe.test_subset)
+        result = _train_loop(opts, recipe, dist, device, model, dataset, ckpt,
+                             last_path, best_path, log_path, plot_path)
+        if dist.enabled:
+            # Rank 0 still writes the last checkpoint: tearing the group down under it made
+            # gloo abort the other rank ("terminate called without an active exception").
+            torch.distributed.barrier()
+        return result
+    finally:
+        stack.close()
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar10, ckpt,
+                last_path: Path, best_path: Path, log_path: Path, plot_path: Path) -> dict:
+    from tqdm import tqdm
+
+    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = make_optimizer(model, recipe.lr)
+    scheduler = make_scheduler(optimizer, recipe.epochs)
+    amp_dtype = _amp_dtype(device, opts.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    start_epoch, best_acc1 = 0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.state["model"])
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        load_scheduler_state(scheduler, ckpt.state["scheduler"])
+        if "scaler" in ckpt.state and scaler.is_enabled():
+            scaler.load_state_dict(ckpt.state["scaler"])
+        _restore_rng(ckpt.state["rng"], generator, device)
+        start_epoch, best_acc1 = ckpt.epoch, ckpt.best_acc1
+
+    train_images = to_tensor(dataset.train_images, device)
+    train_labels = torch.from_numpy(dataset.train_labels).to(device)
+    test_images = to_tensor(dataset.test_images, device)
+    test_labels = torch.from_numpy(dataset.test_labels).to(device)
+    batches = BatchIterator(train_images, train_labels, recipe.batch_size, train=True,
+                            generator=generator, rank=dist.rank, world=dist.world,
+                            memory_format=memory_format)
+    n_train = sum(batches.global_batch_sizes())
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if opts.compile:
+        net = torch.compile(net)
+
+    records = _read_log(log_path, start_epoch) if (ckpt is not None and dist.is_main) else []
+    if dist.is_main:
+        # A fresh run starts a fresh log; a resumed one drops epochs past its checkpoint.
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        opts.log(f"{opts.arch}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} "
+                 f"test images on {device}"
+                 f"{f' x {dist.world} processes' if dist.enabled else ''}, epochs "
+                 f"{start_epoch + 1}..{recipe.epochs}, batch {recipe.batch_size}, lr {recipe.lr}, "
+                 f"seed {recipe.seed}{', deterministic' if opts.deterministic else ''}")
+
+    epoch = saved_epoch = start_epoch
+    metrics: dict[str, Any] = {}
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            net.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img",
+                       unit_scale=True, disable=not (opts.progress and dist.is_main),
+                       leave=False, dynamic_ncols=True, mininterval=progress_interval())
+            t0 = time.perf_counter()
+            sizes = batches.global_batch_sizes()
+            for step, (x, y) in enumerate(batches):
+                with _autocast(device, amp_dtype):
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                # Accumulated on the device: no host sync per step.
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                bar.update(sizes[step])
+            totals = torch.stack([loss_sum, correct.double()])
+            if dist.enabled:
+                torch.distributed.all_reduce(totals)
+            train_loss, train_correct = totals.tolist()  # the epoch's one sync
+            seconds = time.perf_counter() - t0
+            bar.close()
+            scheduler.step()
+
+            if dist.enabled:
+                # Score rank 0's BN statistics, the ones the checkpoint holds.
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, 0)
+            test = evaluate(model, test_images, test_labels, batch_size=recipe.batch_size,
+                            device=device, memory_format=memory_format, amp_dtype=amp_dtype,
+                            dist=dist)
+            is_best = test["top1"] > best_acc1
+            best_acc1 = max(best_acc1, test["top1"])
+            metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n_train,
+                       "train_top1": 100.0 * train_correct / n_train,
+                       "test_loss": test["loss"], "test_top1": test["top1"],
+                       "best_top1": best_acc1, "seconds": round(seconds, 3),
+                       "images_per_s": round(n_train / seconds, 1)}
+            if dist.is_main:
+                records.append(metrics)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                state = {"arch": opts.arch, "cfg": recipe.cfg, "groups": recipe.groups,
+                         "epoch": epoch + 1, "best_acc1": best_acc1,
+                         # NCHW copies: channels_last strides would leak into export/deploy code.
+                         "model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler_state(scheduler),
+                         "rng": _rng_state(generator, device), "recipe": recipe.as_dict(),
+                         "test_top1": test["top1"]}
+                if scaler.is_enabled():
+                    state["scaler"] = scaler.state_dict()
+                save_checkpoint(last_path, state)
+                if is_best:
+                    save_checkpoint(best_path, state)
+                saved_epoch = epoch + 1
+                if opts.plot:
+                    from xnorpipe.plotting import plot_curves
+
+                    plot_curves(records, plot_path, title=f"CIFAR-10 {opts.arch}")
+                opts.log(f"epoch {epoch + 1}/{recipe.epochs} lr {lr:.4g}  train loss "
+                         f"{metrics['train_loss']:.4f} top1 {metrics['train_top1']:.2f}  test loss "
+                         f"{test['loss']:.4f} top1 {test['top1']:.2f} (best {best_acc1:.2f})  "
+                         f"{seconds:.1f}s {metrics['images_per_s']:.0f} img/s")
+    except KeyboardInterrupt:
+        if not dist.is_main:
+            raise
+        where = (f"checkpoint of epoch {saved_epoch} in {last_path}; continue with --resume"
+                 if saved_epoch > 0 else "no epoch completed, nothing saved")
+        raise TrainingInterrupted(f"interrupted during epoch {epoch + 1}: {where}") from None
+    return {**metrics, "best_top1": best_acc1, "checkpoint": str(last_path),
+            "best_checkpoint": str(best_path), "log": str(log_path), "plot": str(plot_path),
+            "seed": recipe.seed, "epochs": recipe.epochs}
