@@ -1,0 +1,100 @@
+"""Whole-model CPU latency: portable ONNX on stock ORT vs packed ONNX on ort-xnor vs PyTorch.
+
+Random-init models (speed does not depend on the weights); every variant is measured in the
+same run and reported as a ratio to stock ORT on the portable form. Prints a table; with
+--out, also writes it as markdown (benchmarks/RESULTS.md quotes it).
+
+    python benchmarks/bench_models.py [--iters 50] [--threads 1,2] [--batch-sizes 1,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xnorpipe import bench as lib  # noqa: E402
+from xnorpipe.errors import XnorpipeError  # noqa: E402
+
+ARCHS = ["nin_xnornet", "nin_gc_xnornet", "nin"]
+BASELINE = "ort"
+
+
+def available_engines(arch_binary: bool) -> tuple[list[str], str | None]:
+    engines = ["ort", "torch"]
+    if not arch_binary:
+        return engines, None
+    try:
+        from xnorpipe.native import ort_library_path
+
+        ort_library_path()
+    except XnorpipeError as e:
+        return engines, f"ort-xnor skipped: {e}"
+    return ["ort", "ort-xnor", "torch"], None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", default=None, help="also write the table as markdown here")
+    args = p.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+
+    from xnorpipe.models import ARCHS as SPECS
+
+    rows, notes = [], []
+    for arch in archs:
+        engines, note = available_engines(SPECS[arch].binary)
+        if note and note not in notes:
+            notes.append(note)
+        sources = lib.prepare_sources(arch=arch, random_init=True, engines=engines)
+        try:
+            for t in threads:
+                for b in batches:
+                    # fewer timed runs at big batches keep the whole run to minutes
+                    iters = max(5, args.iters // (4 if b >= 32 else 1))
+                    results = lib.run_bench(engines, sources, batch_size=b, iters=iters,
+                                            warmup=args.warmup, threads=t)
+                    base = next(r for r in results if r["engine"] == BASELINE)["p50_ms"]
+                    for r in results:
+                        rows.append((arch, t, b, r["engine"], r["p50_ms"], r["p90_ms"], r["images_per_s"],
+                                     base / r["p50_ms"]))
+                        print(f"{arch:15s} threads {t} batch {b:3d} {r['engine']:9s} p50 {r['p50_ms']:9.3f} ms "
+                              f"{r['images_per_s']:10.1f} img/s  x{base / r['p50_ms']:.2f} vs ort portable",
+                              flush=True)
+        finally:
+            sources.close()
+
+    command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]])
+    header = "| arch | threads | batch | engine | p50 ms | p90 ms | images/s | speed-up vs ort (portable) |"
+    lines = [header, "|" + "---|" * 8]
+    lines += [f"| {a} | {t} | {b} | {e} | {p50:.3f} | {p90:.3f} | {ips:,.1f} | {ratio:.2f}x |"
+              for a, t, b, e, p50, p90, ips, ratio in rows]
+    import onnxruntime
+    import torch
+
+    env = (f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+           f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
+    body = (f"Environment: {env}.\n\nForms: `ort` runs the portable ONNX (standard ops) on stock ONNX "
+            "Runtime; `ort-xnor` runs the packed ONNX with the xnorpipe custom-op library; `torch` runs "
+            "the deploy module (float ops). Random-init weights; p50/p90 per batch.\n\n"
+            + "\n".join(lines) + ("\n\n" + "\n".join(f"Note: {n}" for n in notes) if notes else ""))
+    if args.out:
+        lib.write_results_markdown(args.out, "Whole-model latency (CPU)", command, body)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""Benchmarking library: latency and throughput of engines, accuracy and parity on CIFAR-10.
+
+Used by `xnorpipe bench` and benchmarks/*.py. Parity is always against the PyTorch *training*
+model in eval mode (not the deploy module), so it covers folding as well as the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from xnorpipe.errors import XnorpipeError
+
+# The ONNX form each engine runs when the bench exports the model itself.
+ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed", "trt": "packed", "torch-xnor": "packed"}
+
+
+@dataclass
+class BenchSources:
+    """What the engines run and what they are compared against."""
+
+    arch: str | None
+    deploy: Any = None  # DeployModel, for PyTorch-based engines
+    reference: torch.nn.Module | None = None  # training model (eval), for parity
+    onnx_paths: dict[str, str] = field(default_factory=dict)  # form -> file
+    given_onnx: str | None = None  # --onnx: every ONNX engine runs this file
+    notes: list[str] = field(default_factory=list)
+    _tmp: Any = None  # keeps the temporary export folder alive
+
+    def onnx_for(self, engine: str) -> str | None:
+        if self.given_onnx is not None:
+            return self.given_onnx
+        form = ENGINE_FORMS.get(engine)
+        if form is None:
+            return None
+        if form == "packed" and "packed" not in self.onnx_paths:
+            if engine == "ort-xnor":
+                raise XnorpipeError(f"engine ort-xnor needs a packed model, and {self.arch} is a float "
+                                    "arch with none: use --engine ort")
+            return self.onnx_paths.get("portable")
+        return self.onnx_paths.get(form)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list[str]):
+    """The training model behind an ONNX file: --checkpoint, its random-init seed, or the default."""
+    from xnorpipe.checkpoint import default_checkpoint
+    from xnorpipe.deploy.fold import RANDOM_INIT_SEED, load_source_model
+
+    arch = meta.get("xnorpipe.arch")
+    if not arch:
+        notes.append("the ONNX file has no xnorpipe.arch metadata: parity and the torch engine are skipped")
+        return None, None
+    if checkpoint is None and meta.get("xnorpipe.random_init") == "true":
+        if meta.get("xnorpipe.random_seed") != str(RANDOM_INIT_SEED):
+            notes.append("random-init export with an unknown seed: parity is skipped")
+            return arch, None
+        model, _ = load_source_model(arch, random_init=True)
+        return arch, model
+    if checkpoint is None and not default_checkpoint(arch).is_file():
+        notes.append(f"no checkpoint for {arch} ({default_checkpoint(arch)}): parity is skipped; "
+                     "pass --checkpoint")
+        return arch, None
+    model, prov = load_source_model(arch, checkpoint)
+    want = meta.get("xnorpipe.checkpoint_sha256")
+    if want and want != prov["xnorpipe.checkpoint_sha256"]:
+        notes.append(f"the reference checkpoint is not the one the ONNX file was exported from "
+                     f"(sha256 {prov['xnorpipe.checkpoint_sha256'][:12]} vs {want[:12]})")
+    return arch, model
+
+
+def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
+                    onnx_path: str | None = None, random_init: bool = False,
+                    engines: Sequence[str] = ()) -> BenchSources:
+    """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference."""
+    from xnorpipe.deploy import onnx_export
+    from xnorpipe.deploy.fold import fold_model, load_source_model
+
+    if (arch is None) == (onnx_path is None):
+        raise XnorpipeError("give exactly one of --arch or --onnx")
+    if onnx_path is not None:
+        if random_init:
+            raise XnorpipeError("--random-init applies to --arch, not to --onnx")
+        meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path))
+        notes: list[str] = []
+        arch, reference = _rebuild_reference(meta, checkpoint, notes)
+        deploy = fold_model(reference, arch=arch) if reference is not None else None
+        return BenchSources(arch=arch, deploy=deploy, reference=reference, given_onnx=str(onnx_path),
+                            notes=notes)
+    reference, metadata = load_source_model(arch, checkpoint, random_init)
+    deploy = fold_model(reference, arch=arch, metadata=metadata)
+    sources = BenchSources(arch=arch, deploy=deploy, reference=reference)
+    wanted = {ENGINE_FORMS[e] for e in engines if e in ENGINE_FORMS}
+    if "packed" in wanted and not onnx_export.has_binary_layers(deploy):
+        wanted.discard("packed")
+        wanted.add("portable")
+    if wanted:
+        sources._tmp = tempfile.TemporaryDirectory(prefix="xnorpipe-bench-")
+        for f in onnx_export.export(deploy, sorted(wanted), sources._tmp.name):
+            sources.onnx_paths[f.form] = str(f.path)
+    return sources
+
+
+def create_engine(name: str, sources: BenchSources, *, threads: int | None, batch_size: int,
+                  device: str = "cpu"):
+    from xnorpipe.runtime import engine_class
+
+    cls = engine_class(name)
+    kwargs: dict[str, Any] = dict(model=sources.deploy, onnx_path=sources.onnx_for(name),
+                                  threads=threads, batch_size=batch_size)
+    if name == "torch":
+        kwargs["device"] = device
+    return cls(**kwargs)
+
+
+# -------------------------------------------------------------------------- measuring
+
+
+def normalised_images(images_nhwc_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 NCHW, (x / 255 - mean) / std (the exports' metadata)."""
+    x = images_nhwc_uint8.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - m) / s, dtype=np.float32)
+
+
+def measure_latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, iters: int,
+                    warmup: int) -> dict[str, float]:
+    """Per-call wall latency of `run(x)` after `warmup` untimed calls."""
+    if iters < 1:
+        raise XnorpipeError("--iters must be at least 1")
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        run(x)
+        times[i] = time.perf_counter() - t0
+    ms = times * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+            "images_per_s": float(x.shape[0] * iters / times.sum())}
+
+
+def batched_logits(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int,
+                   desc: str | None = None) -> np.ndarray:
+    """Logits of `run` over `x` in batches; with `desc`, a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from xnorpipe.utils import progress_interval
+
+    starts = range(0, x.shape[0], batch_size)
+    bar = tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None,
+               mininterval=progress_interval())
+    return np.concatenate([np.asarray(run(x[i:i + batch_size]), dtype=np.float32) for i in bar])
+
+
+def reference_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        return batched_logits(lambda b: model(torch.from_numpy(b)).numpy(), x, batch_size)
+
+
+def parity(logits: np.ndarray, labels: np.ndarray | None, ref: np.ndarray | None) -> dict[str, float]:
+    """Top-1 of an engine (and of the reference), agreement and |logit difference| vs the reference."""
+    out: dict[str, float] = {"images": int(logits.shape[0])}
+    top = logits.argmax(1)
+    if labels is not None:
+        out["top1"] = float((top == labels).mean() * 100)
+    if ref is not None:
+        diff = np.abs(logits.astype(np.float64) - ref.astype(np.float64))
+        if labels is not None:
+            out["reference_top1"] = float((ref.argmax(1) == labels).mean() * 100)
+        out["agreement"] = float((top == ref.argmax(1)).mean() * 100)
+        out["median_abs_diff"] = float(np.median(diff))
+        out["max_abs_diff"] = float(diff.max())
+    return out
+
+
+def bench_engine(engine, *, batch_size: int, iters: int, warmup: int,
+                 data: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 ref: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """Latency on one batch (real images when given), then accuracy/parity over `data`."""
+    if data is not None and data.shape[0] >= batch_size:
+        x = data[:batch_size]
+    else:
+        x = np.random.default_rng(seed).standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
+    result: dict[str, Any] = dict(engine.describe())
+    result["batch_size"] = batch_size
+    result.update(measure_latency(engine, x, iters=iters, warmup=warmup))
+    if data is not None:
+        logits = batched_logits(engine, data, batch_size, desc=f"{engine.name} on {data.shape[0]} images")
+        result.update(parity(logits, labels, ref))
+    return result
+
+
+def load_test_set(path: str, subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 test images (normalised NCHW float32) and labels through xnorpipe.data."""
+    from xnorpipe import data as cifar
+
+    d = cifar.load_cifar10(path, progress=False)
+    images, labels = d.test_images, d.test_labels
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    return normalised_images(images, cifar.MEAN, cifar.STD), np.asarray(labels)
+
+
+def run_bench(engines: Sequence[str], sources: BenchSources, *, batch_size: int, iters: int,
+              warmup: int, threads: int | None = None, data: np.ndarray | None = None,
+              labels: np.ndarray | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    """One result dict per engine, in order; parity columns when data and a reference exist."""
+    if threads:
+        torch.set_num_threads(threads)
+    ref = None
+    if data is not None and sources.reference is not None:
+        ref = reference_logits(sources.reference, data)
+    results = []
+    for name in engines:
+        engine = create_engine(name, sources, threads=threads, batch_size=batch_size, device=device)
+        r = bench_engine(engine, batch_size=batch_size, iters=iters, warmup=warmup,
+                         data=data, labels=labels, ref=ref)
+        r["arch"] = sources.arch
+        r["threads"] = threads
+        r["iters"] = iters
+        results.append(r)
+        del engine
+    return results
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and abs(v) < 1e-2:
+            return f"{v:.1e}"
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+TABLE_COLUMNS = [("engine", "engine"), ("batch", "batch_size"), ("p50 ms", "p50_ms"),
+                 ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"), ("img/s", "images_per_s"),
+                 ("top-1 %", "top1"), ("ref top-1 %", "reference_top1"), ("agree %", "agreement"),
+                 ("median |d|", "median_abs_diff"), ("max |d|", "max_abs_diff")]
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    cols = [(h, k) for h, k in TABLE_COLUMNS if any(k in r for r in results)]
+    rows = [[h for h, _ in cols]] + [[_fmt(r.get(k)) for _, k in cols] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def to_json_lines(results: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(json.dumps(r, sort_keys=True) for r in results)
+
+
+def read_engine_list(values: Sequence[str]) -> list[str]:
+    """`--engine a --engine b,c` -> [a, b, c], validated against the registry."""
+    from xnorpipe.runtime import ENGINES
+
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise XnorpipeError("no engine given")
+    for n in names:
+        if n not in ENGINES:
+            raise XnorpipeError(f"unknown engine {n!r}; choose from {', '.join(ENGINES)}")
+    return names
+
+
+def write_results_markdown(path: str | Path, title: str, command: str, body: str) -> None:
+    from xnorpipe.utils import atomic_write_text
+
+    atomic_write_text(path, f"# {title}\n\nCommand: `{command}`\n\n{body}\n")

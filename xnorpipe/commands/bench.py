@@ -1,0 +1,54 @@
+"""`xnorpipe bench`: latency/throughput per engine; with --data, accuracy and parity."""
+
+from __future__ import annotations
+
+import click
+
+from xnorpipe.commands import options
+
+
+@click.command()
+@click.option("--engine", "engines", multiple=True, default=("torch", "ort"), show_default=True,
+              help="Engine(s): torch, ort, ort-xnor, torch-xnor, trt; repeat or comma-separate.")
+@options.onnx_model()
+@options.arch()
+@options.checkpoint("Checkpoint of --arch, or the PyTorch reference for --onnx "
+                    "[default: checkpoints/cifar10_<arch>_best.pth.tar].")
+@options.random_init()
+@options.data()
+@options.test_subset()
+@options.batch_size(1)
+@options.threads()
+@click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed runs per engine.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Untimed runs before timing.")
+@options.device(("cpu", "cuda", "auto"))
+@options.json_output()
+def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
+          threads, iters, warmup, device, as_json):
+    """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
+    from xnorpipe import bench as lib
+
+    names = lib.read_engine_list(engines)
+    sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
+                                  random_init=random_init, engines=names)
+    try:
+        images = labels = None
+        if data:
+            images, labels = lib.load_test_set(data, test_subset)
+        results = lib.run_bench(names, sources, batch_size=batch_size, iters=iters, warmup=warmup,
+                                threads=threads, data=images, labels=labels, device=device)
+    finally:
+        sources.close()
+    if as_json:
+        for r in results:
+            r["notes"] = sources.notes
+        click.echo(lib.to_json_lines(results))
+        return
+    for note in sources.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"{sources.arch or '?'}, batch {batch_size}, threads {threads or 'default'}, "
+               f"{iters} iterations after {warmup} warm-up"
+               + (f", {results[0].get('images', 0)} test images" if images is not None else ""))
+    click.echo(lib.format_table(results))

@@ -1,0 +1,1 @@
+"""Deployment: fold a trained model into the deploy IR and emit it (ONNX, PyTorch)."""

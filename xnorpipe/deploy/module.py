@@ -1,0 +1,110 @@
+"""`DeployModule`: the deploy IR as a plain PyTorch module, the oracle for every runtime.
+
+Binary layers follow the XnorConv2d contract (xnorpipe.deploy.reference) with float ops:
+binarize against the threshold, zero-pad the +-1 tensor, conv with +-1 float32 weights
+(the integer tap sums are exact in float32 below 2**24), then `* scale` and `+ bias` as two
+float32 roundings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xnorpipe.deploy import ir
+from xnorpipe.deploy.packing import unpack_weights
+from xnorpipe.models.nin import ChannelShuffle
+
+
+def _torch_pads(pads) -> tuple[int, int, int, int]:
+    top, left, bottom, right = pads
+    return (left, right, top, bottom)  # F.pad order: last dim first
+
+
+class _FloatConv(nn.Module):
+    def __init__(self, layer: ir.FloatConv):
+        super().__init__()
+        self.register_buffer("weight", torch.from_numpy(np.asarray(layer.weight, np.float32).copy()))
+        self.register_buffer("bias", torch.from_numpy(np.asarray(layer.bias, np.float32).copy()))
+        self.pads, self.strides, self.dilations = layer.pads, layer.strides, layer.dilations
+        self.group, self.relu = layer.group, layer.relu
+
+    def forward(self, x):
+        top, left, bottom, right = self.pads
+        if top == bottom and left == right:
+            y = F.conv2d(x, self.weight, self.bias, self.strides, (top, left), self.dilations, self.group)
+        else:
+            y = F.conv2d(F.pad(x, _torch_pads(self.pads)), self.weight, self.bias, self.strides, 0,
+                         self.dilations, self.group)
+        return F.relu(y) if self.relu else y
+
+
+class _BinaryConv(nn.Module):
+    def __init__(self, layer: ir.BinaryConv):
+        super().__init__()
+        cg = layer.in_channels // layer.group
+        self.register_buffer("weight", torch.from_numpy(unpack_weights(layer.weight_bits, cg)))
+        self.register_buffer("threshold", torch.from_numpy(np.asarray(layer.threshold, np.float32).reshape(1, -1, 1, 1).copy()))
+        self.register_buffer("scale", torch.from_numpy(np.asarray(layer.scale, np.float32).reshape(1, -1, 1, 1).copy()))
+        self.register_buffer("bias", torch.from_numpy(np.asarray(layer.bias, np.float32).reshape(1, -1, 1, 1).copy()))
+        self.pads, self.strides, self.dilations = layer.pads, layer.strides, layer.dilations
+        self.group, self.relu = layer.group, layer.relu
+
+    def forward(self, x):
+        xb = torch.where(x >= self.threshold, 1.0, -1.0).to(x.dtype)  # NaN -> -1
+        xb = F.pad(xb, _torch_pads(self.pads))  # zero padding of the +-1 tensor
+        s = F.conv2d(xb, self.weight, None, self.strides, 0, self.dilations, self.group)
+        y = s * self.scale
+        y = y + self.bias
+        return F.relu(y) if self.relu else y
+
+
+class _Pool(nn.Module):
+    def __init__(self, layer: ir.MaxPool | ir.AvgPool):
+        super().__init__()
+        self.max = isinstance(layer, ir.MaxPool)
+        self.kernel, self.strides, self.pads = layer.kernel_shape, layer.strides, layer.pads
+
+    def forward(self, x):
+        top, left, bottom, right = self.pads
+        if top == bottom and left == right:
+            if self.max:
+                return F.max_pool2d(x, self.kernel, self.strides, (top, left))
+            return F.avg_pool2d(x, self.kernel, self.strides, (top, left), count_include_pad=True)
+        pad_value = -float("inf") if self.max else 0.0
+        x = F.pad(x, _torch_pads(self.pads), value=pad_value)
+        return F.max_pool2d(x, self.kernel, self.strides) if self.max else F.avg_pool2d(x, self.kernel, self.strides)
+
+
+class _Flatten(nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+def _build(layer: ir.Layer) -> nn.Module:
+    if isinstance(layer, ir.FloatConv):
+        return _FloatConv(layer)
+    if isinstance(layer, ir.BinaryConv):
+        return _BinaryConv(layer)
+    if isinstance(layer, (ir.MaxPool, ir.AvgPool)):
+        return _Pool(layer)
+    if isinstance(layer, ir.ChannelShuffle):
+        return ChannelShuffle(layer.groups)
+    if isinstance(layer, ir.Flatten):
+        return _Flatten()
+    raise TypeError(f"unknown IR layer {type(layer).__name__}")
+
+
+class DeployModule(nn.Module):
+    """Normalised float32 NCHW input -> logits, computed from the IR alone."""
+
+    def __init__(self, model: ir.DeployModel):
+        super().__init__()
+        self.arch = model.arch
+        self.layers = nn.Sequential(*[_build(layer) for layer in model.layers])
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
