@@ -1,0 +1,174 @@
+// CPU benchmark of the binary convolution kernels (not a test).
+//  1. xor-popcount ceiling: an in-register loop xor + popcount + add over independent
+//     accumulators, no memory traffic. 1 bit = 1 binary MAC (one +-1 product).
+//  2. Per-layer: every binary layer of nin_xnornet and nin_gc_xnornet, batch 1 and 64, one
+//     thread, each popcount path; G binary MAC/s = N*M*Ho*Wo*(Cin/g)*kH*kW / time.
+// Usage: xnorpipe_bench_cpu [min_seconds_per_measurement=0.3] [paths=avx512,avx2,portable] [only=net:layer,...]
+// e.g. xnorpipe_bench_cpu 0.3 avx512 nin_xnornet:L1
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/bconv2d/optimized.h"
+
+using namespace xnorpipe::bconv2d;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Best time per call of fn over repetitions lasting at least min_s in total.
+template <typename Fn>
+double best_time(Fn&& fn, double min_s) {
+  fn();  // warm-up
+  double best = 1e30, total = 0;
+  int reps = 0;
+  while (total < min_s || reps < 3) {
+    const auto t0 = Clock::now();
+    fn();
+    const double t = seconds_since(t0);
+    best = std::min(best, t);
+    total += t;
+    ++reps;
+  }
+  return best;
+}
+
+constexpr int kAcc = 12;  // independent accumulators: enough to hide popcount latency
+
+__attribute__((target("avx512f,avx512vpopcntdq"), noinline)) double ceiling_avx512(long iters) {
+  __m512i acc[kAcc], x[kAcc];
+  for (int i = 0; i < kAcc; ++i) { acc[i] = _mm512_setzero_si512(); x[i] = _mm512_set1_epi32(0x9e3779b9 * (i + 1)); }
+  __m512i w = _mm512_set1_epi32(0x5bd1e995);
+  for (long it = 0; it < iters; ++it) {
+    asm volatile("" : "+v"(w));  // w unknown each iteration: nothing can be hoisted
+    for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_add_epi32(acc[i], _mm512_popcnt_epi32(_mm512_xor_si512(x[i], w)));
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < kAcc; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return double(_mm512_reduce_add_epi32(s)) + 512.0 * kAcc * iters * 0;  // keep s live
+}
+
+__attribute__((target("avx2"), noinline)) double ceiling_avx2(long iters) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i acc[8], x[8];
+  for (int i = 0; i < 8; ++i) { acc[i] = _mm256_setzero_si256(); x[i] = _mm256_set1_epi32(0x9e3779b9 * (i + 1)); }
+  __m256i w = _mm256_set1_epi32(0x5bd1e995);
+  for (long it = 0; it < iters; ++it) {
+    asm volatile("" : "+x"(w));
+    for (int i = 0; i < 8; ++i) {
+      const __m256i v = _mm256_xor_si256(x[i], w);
+      const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+      acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(c, _mm256_setzero_si256()));
+    }
+  }
+  __m256i s = acc[0];
+  for (int i = 1; i < 8; ++i) s = _mm256_add_epi64(s, acc[i]);
+  return double(_mm256_extract_epi64(s, 0));
+}
+
+__attribute__((target("popcnt"), noinline)) double ceiling_scalar(long iters) {
+  uint64_t acc[8] = {}, x[8];
+  for (int i = 0; i < 8; ++i) x[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+  uint64_t w = 0x5bd1e995;
+  for (long it = 0; it < iters; ++it) {
+    asm volatile("" : "+r"(w));
+    for (int i = 0; i < 8; ++i) acc[i] += uint64_t(__builtin_popcountll(x[i] ^ w));
+  }
+  uint64_t s = 0;
+  for (auto a : acc) s += a;
+  return double(s);
+}
+
+struct Layer { const char* net; const char* name; int cin, cout, k, pad, group, hw; };
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const double min_s = argc > 1 ? std::atof(argv[1]) : 0.3;
+  std::vector<PopcountPath> paths;
+  const std::string want = argc > 2 ? argv[2] : "avx512,avx2,portable";
+  for (PopcountPath p : {PopcountPath::kAvx512, PopcountPath::kAvx2, PopcountPath::kPortable})
+    if (cpu_supports(p) && want.find(path_name(p)) != std::string::npos) paths.push_back(p);
+
+  std::printf("## xor-popcount ceiling (one core, in-register loop; 1 bit = 1 binary MAC)\n\n");
+  std::printf("| loop | G binary MAC/s |\n|---|---|\n");
+  double ceiling = 0;
+  if (cpu_supports(PopcountPath::kAvx512)) {
+    const long iters = 20'000'000;
+    volatile double sink = 0;
+    const double t = best_time([&] { sink = sink + ceiling_avx512(iters); }, min_s);
+    ceiling = 512.0 * kAcc * iters / t / 1e9;
+    std::printf("| avx512: vpxord + vpopcntd + vpaddd, zmm | %.0f |\n", ceiling);
+  }
+  if (cpu_supports(PopcountPath::kAvx2)) {
+    const long iters = 20'000'000;
+    volatile double sink = 0;
+    const double t = best_time([&] { sink = sink + ceiling_avx2(iters); }, min_s);
+    const double g = 256.0 * 8 * iters / t / 1e9;
+    if (ceiling == 0) ceiling = g;
+    std::printf("| avx2: vpxor + nibble-LUT vpshufb + vpsadbw, ymm | %.0f |\n", g);
+  }
+  {
+    const long iters = 50'000'000;
+    volatile double sink = 0;
+    const double t = best_time([&] { sink = sink + ceiling_scalar(iters); }, min_s);
+    const double g = 64.0 * 8 * iters / t / 1e9;
+    if (ceiling == 0) ceiling = g;
+    std::printf("| scalar: xor + popcnt r64 + add | %.0f |\n", g);
+  }
+
+  const std::vector<Layer> layers = {
+      {"nin_xnornet", "L1", 192, 160, 1, 0, 1, 32}, {"nin_xnornet", "L2", 160, 96, 1, 0, 1, 32},
+      {"nin_xnornet", "L3", 96, 192, 3, 1, 1, 16},  {"nin_xnornet", "L4", 192, 192, 1, 0, 1, 16},
+      {"nin_xnornet", "L5", 192, 192, 1, 0, 1, 16}, {"nin_xnornet", "L6", 192, 192, 3, 1, 1, 8},
+      {"nin_xnornet", "L7", 192, 192, 1, 0, 1, 8},
+      {"nin_gc_xnornet", "L1", 256, 256, 1, 0, 2, 32},   {"nin_gc_xnornet", "L2", 256, 256, 1, 0, 2, 32},
+      {"nin_gc_xnornet", "L3", 256, 512, 3, 1, 16, 16},  {"nin_gc_xnornet", "L4", 512, 512, 1, 0, 4, 16},
+      {"nin_gc_xnornet", "L5", 512, 512, 1, 0, 4, 16},   {"nin_gc_xnornet", "L6", 512, 1024, 3, 1, 32, 8},
+      {"nin_gc_xnornet", "L7", 1024, 1024, 1, 0, 8, 8},
+  };
+  std::printf("\n## Per layer, one thread (G binary MAC/s; %% of the ceiling %.0f)\n\n", ceiling);
+  std::printf("| net | layer | Cin->Cout k g @HxW | batch | path | time | G binary MAC/s | %% ceiling |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const std::string only = argc > 3 ? argv[3] : "";
+  for (const Layer& l : layers)
+    for (int batch : {1, 64}) {
+      if (!only.empty() && only.find(std::string(l.net) + ":" + l.name) == std::string::npos) continue;
+      BConv2DParams p;
+      p.channels = l.cin; p.filters = l.cout; p.group = l.group;
+      p.kernel_h = p.kernel_w = l.k;
+      p.pad_top = p.pad_left = p.pad_bottom = p.pad_right = l.pad;
+      p.relu = true;
+      std::vector<float> x(size_t(batch) * l.cin * l.hw * l.hw), thr(l.cin, 0.f), scale(l.cout, 0.5f), bias(l.cout, 0.1f);
+      for (auto& v : x) v = normal(rng);
+      std::vector<int32_t> w(size_t(l.cout) * p.taps() * p.words_per_tap());
+      for (auto& v : w) v = int32_t(rng());
+      const int64_t out_hw = p.out_h(l.hw) * p.out_w(l.hw);
+      std::vector<float> y(size_t(batch) * l.cout * out_hw);
+      const double macs = double(batch) * l.cout * out_hw * (l.cin / l.group) * l.k * l.k;
+      for (PopcountPath path : paths) {
+        BConv2D conv(p, path);
+        const PackedFilters f = conv.pack_filters(w.data());
+        const double t = best_time([&] {
+          conv.run(x.data(), batch, l.hw, l.hw, f, thr.data(), scale.data(), bias.data(), y.data(), serial_for);
+        }, batch == 1 ? min_s : min_s * 2);
+        const double g = macs / t / 1e9;
+        std::printf("| %s | %s | %d->%d k%d g%d @%dx%d | %d | %s | %.1f us | %.0f | %.0f %% |\n", l.net, l.name, l.cin,
+                    l.cout, l.k, l.group, l.hw, l.hw, batch, path_name(path), t * 1e6, g, 100 * g / ceiling);
+        std::fflush(stdout);
+      }
+    }
+  return 0;
+}

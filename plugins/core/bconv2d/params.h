@@ -1,0 +1,55 @@
+// Shape and attributes of one binary convolution (xnorpipe::XnorConv2d v1, see
+// shared/docs/XNORCONV2D.md). Plain data: no ONNX Runtime types here.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace xnorpipe::bconv2d {
+
+constexpr int kWordBits = 32;
+
+inline int num_words(int channels) { return (channels + kWordBits - 1) / kWordBits; }
+
+struct BConv2DParams {
+  int channels = 0;  // C (all groups)
+  int filters = 0;   // M (all groups)
+  int group = 1;
+  int kernel_h = 1, kernel_w = 1;
+  int stride_h = 1, stride_w = 1;
+  int dilation_h = 1, dilation_w = 1;
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  bool relu = false;
+
+  int channels_per_group() const { return channels / group; }
+  int filters_per_group() const { return filters / group; }
+  int words_per_tap() const { return num_words(channels_per_group()); }  // nw
+  int taps() const { return kernel_h * kernel_w; }
+
+  // ONNX Conv output size; <= 0 means the input is too small.
+  int64_t out_h(int64_t in_h) const {
+    return out_size(in_h + pad_top + pad_bottom - int64_t(dilation_h) * (kernel_h - 1) - 1, stride_h);
+  }
+  int64_t out_w(int64_t in_w) const {
+    return out_size(in_w + pad_left + pad_right - int64_t(dilation_w) * (kernel_w - 1) - 1, stride_w);
+  }
+  // floor(span / stride) + 1; C++ division truncates toward zero, so negative spans need care.
+  static int64_t out_size(int64_t span, int stride) { return span < 0 ? 0 : span / stride + 1; }
+
+  // Throws std::invalid_argument naming the first bad attribute.
+  void validate() const {
+    auto fail = [](const std::string& what) { throw std::invalid_argument("XnorConv2d: " + what); };
+    if (group < 1) fail("group must be >= 1, got " + std::to_string(group));
+    if (channels < 1) fail("input channels must be >= 1");
+    if (filters < 1) fail("filters (W dim 0) must be >= 1");
+    if (channels % group) fail("channels " + std::to_string(channels) + " not divisible by group " + std::to_string(group));
+    if (filters % group) fail("filters " + std::to_string(filters) + " not divisible by group " + std::to_string(group));
+    if (kernel_h < 1 || kernel_w < 1) fail("kernel_shape entries must be >= 1");
+    if (stride_h < 1 || stride_w < 1) fail("strides must be >= 1");
+    if (dilation_h < 1 || dilation_w < 1) fail("dilations must be >= 1");
+    if (pad_top < 0 || pad_left < 0 || pad_bottom < 0 || pad_right < 0) fail("pads must be >= 0");
+  }
+};
+
+}  // namespace xnorpipe::bconv2d

@@ -1,0 +1,260 @@
+// Driver of the optimized binary convolution: weight reordering, input packing, padding
+// classes, work split; the per-ISA tile kernels live in kernels_*.cc.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "core/bconv2d/bitpack.h"
+#include "core/bconv2d/optimized.h"
+#include "core/bconv2d/reference.h"
+#include "core/bconv2d/zero_padding_correction.h"
+
+namespace xnorpipe::bconv2d {
+
+void serial_for(std::size_t count, const std::function<void(std::size_t)>& body) {
+  for (std::size_t i = 0; i < count; ++i) body(i);
+}
+
+ParallelFor thread_parallel_for(int threads) {
+  if (threads <= 1) return serial_for;
+  return [threads](std::size_t count, const std::function<void(std::size_t)>& body) {
+    const std::size_t workers = std::min<std::size_t>(threads, count);
+    std::vector<std::thread> pool;
+    for (std::size_t t = 1; t < workers; ++t)
+      pool.emplace_back([&, t] {
+        for (std::size_t i = t; i < count; i += workers) body(i);
+      });
+    for (std::size_t i = 0; i < count; i += workers) body(i);
+    for (auto& th : pool) th.join();
+  };
+}
+
+namespace {
+
+int lanes_of(PopcountPath path) {
+  switch (path) {
+    case PopcountPath::kAvx512: return 16;
+    case PopcountPath::kAvx2: return 8;
+    default: return 8;
+  }
+}
+
+uint32_t channel_mask(int channels_in_word) {
+  return channels_in_word >= 32 ? 0xffffffffu : ((1u << channels_in_word) - 1u);
+}
+
+int popcount32(uint32_t v) { return __builtin_popcount(v); }
+
+}  // namespace
+
+BConv2D::BConv2D(const BConv2DParams& params, PopcountPath path) : params_(params), path_(path) {
+  params_.validate();
+  if (!cpu_supports(path))
+    throw std::runtime_error(std::string("XnorConv2d: this CPU does not support the ") + path_name(path) +
+                             " popcount path");
+}
+
+PackedFilters BConv2D::pack_filters(const int32_t* w) const {
+  const BConv2DParams& p = params_;
+  const int G = p.group, mg = p.filters_per_group(), cg = p.channels_per_group(), nw = p.words_per_tap();
+  const int taps = p.taps();
+  PackedFilters f;
+  f.path = path_;
+  f.kernel = select_conv_kernel(p, path_);
+  f.lanes = f.kernel == ConvKernel::kPointwise ? kPointwiseFilters : lanes_of(path_);
+  f.blocks_per_group = (mg + f.lanes - 1) / f.lanes;
+  f.k_words = taps * nw;
+  // Contract: bits past Cg "are 0 and are ignored": clear them rather than trust them.
+  f.masked.resize(size_t(p.filters) * f.k_words);
+  f.tap_popcount.assign(size_t(p.filters) * taps, 0);
+  for (int m = 0; m < p.filters; ++m)
+    for (int t = 0; t < taps; ++t)
+      for (int q = 0; q < nw; ++q) {
+        const size_t idx = (size_t(m) * taps + t) * nw + q;
+        const uint32_t v = static_cast<uint32_t>(w[idx]) & channel_mask(cg - q * kWordBits);
+        f.masked[idx] = static_cast<int32_t>(v);
+        f.tap_popcount[size_t(m) * taps + t] += popcount32(v);
+      }
+  if (path_ == PopcountPath::kReference) return f;
+  f.words.assign(size_t(G) * f.blocks_per_group * f.k_words * f.lanes, 0u);
+  for (int m = 0; m < p.filters; ++m) {
+    const int g = m / mg, local = m % mg, b = local / f.lanes, lane = local % f.lanes;
+    uint32_t* block = f.words.data() + (size_t(g) * f.blocks_per_group + b) * f.k_words * f.lanes;
+    for (int k = 0; k < f.k_words; ++k)
+      block[size_t(k) * f.lanes + lane] = static_cast<uint32_t>(f.masked[size_t(m) * f.k_words + k]);
+  }
+  return f;
+}
+
+void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedFilters& filters,
+                  const float* threshold, const float* scale, const float* bias, float* y,
+                  const ParallelFor& parallel_for) const {
+  const BConv2DParams& p = params_;
+  if (n_batch < 0 || in_h < 1 || in_w < 1) throw std::invalid_argument("XnorConv2d: empty input image");
+  const int64_t out_h64 = p.out_h(in_h), out_w64 = p.out_w(in_w);
+  if (out_h64 < 1 || out_w64 < 1)
+    throw std::invalid_argument("XnorConv2d: output size " + std::to_string(out_h64) + "x" + std::to_string(out_w64) +
+                                " <= 0 (input too small for kernel, dilation and pads)");
+  if (filters.path != path_ || (path_ != PopcountPath::kReference && filters.words.empty()))
+    throw std::invalid_argument("XnorConv2d: filters were packed for another popcount path");
+  if (n_batch == 0) return;
+  const int out_h = int(out_h64), out_w = int(out_w64);
+  const int64_t in_image = int64_t(p.channels) * in_h * in_w;
+  const int64_t out_plane = int64_t(out_h) * out_w;
+
+  if (path_ == PopcountPath::kReference) {
+    parallel_for(size_t(n_batch), [&](size_t n) {
+      reference_bconv2d(p, x + n * in_image, 1, in_h, in_w, filters.masked.data(), threshold, scale, bias,
+                        y + n * p.filters * out_plane);
+    });
+    return;
+  }
+
+  const int G = p.group, cg = p.channels_per_group(), mg = p.filters_per_group(), nw = p.words_per_tap();
+  const int lanes = filters.lanes, blocks = filters.blocks_per_group;
+  const int padded_filters = G * blocks * lanes;
+  std::vector<float> scale_padded(padded_filters, 0.f), bias_padded(padded_filters, 0.f);
+  for (int m = 0; m < p.filters; ++m) {
+    const int slot = (m / mg) * blocks * lanes + m % mg;
+    scale_padded[slot] = scale[m];
+    bias_padded[slot] = bias[m];
+  }
+
+  if (filters.kernel == ConvKernel::kPointwise) {
+    // Pack and compute per (image, pixel chunk): the chunk's packed words (<= G*nw KiB) stay in
+    // L1 between the two, with no whole-batch packed buffer to allocate or stream through.
+    constexpr int kChunk = 256;
+    const int64_t plane = int64_t(in_h) * in_w;  // == out_plane
+    const int64_t chunks = (plane + kChunk - 1) / kChunk;
+    parallel_for(size_t(n_batch * chunks), [&](size_t item) {
+      const int n = int(item / chunks);
+      const int p0 = int(item % chunks) * kChunk;
+      const int npx = int(std::min<int64_t>(kChunk, plane - p0));
+      const int64_t stride = (npx + 15) / 16 * 16;
+      thread_local std::vector<uint32_t> buf;
+      if (buf.size() < size_t(G) * nw * stride) buf.resize(size_t(G) * nw * stride);
+      pack_planar_avx512({x + n * in_image + p0, plane, threshold, G, cg, nw, npx, buf.data(), stride});
+      for (int g = 0; g < G; ++g)
+        for (int b = 0; b < blocks; ++b) {
+          const int slot0 = (g * blocks + b) * lanes;
+          PointwiseArgs a;
+          a.input = buf.data() + size_t(g) * nw * stride;
+          a.input_stride = stride;
+          a.nw = nw;
+          a.filters = filters.words.data() + size_t(g * blocks + b) * nw * lanes;
+          a.scale = scale_padded.data() + slot0;
+          a.bias = bias_padded.data() + slot0;
+          a.valid_bits = cg;
+          a.relu = p.relu;
+          a.out = y + (int64_t(n) * p.filters + g * mg + b * lanes) * plane + p0;
+          a.out_plane = plane;
+          a.filters_valid = std::min(lanes, mg - b * lanes);
+          a.npx = npx;
+          pointwise_avx512(a);
+        }
+    });
+    return;
+  }
+
+  const int group_words = G * nw;
+  const int padded_h = in_h + p.pad_top + p.pad_bottom, padded_w = in_w + p.pad_left + p.pad_right;
+  const int64_t image_words = int64_t(padded_h) * padded_w * group_words;
+  if (image_words * n_batch > (int64_t(1) << 31) || out_plane + kMaxTilePixels > (int64_t(1) << 31))
+    throw std::invalid_argument("XnorConv2d: input too large for 32-bit offsets");
+
+  // 1. Binarize + pack once per call. Border pixels of the padded image are zero bits.
+  std::unique_ptr<uint32_t[]> packed(new uint32_t[size_t(image_words) * n_batch]);
+  const size_t row_words = size_t(padded_w) * group_words;
+  for (int n = 0; n < n_batch; ++n) {
+    uint32_t* img = packed.get() + n * image_words;
+    for (int h = 0; h < padded_h; ++h) {
+      uint32_t* row = img + h * row_words;
+      if (h < p.pad_top || h >= p.pad_top + in_h) {
+        std::memset(row, 0, row_words * sizeof(uint32_t));
+      } else {
+        std::memset(row, 0, size_t(p.pad_left) * group_words * sizeof(uint32_t));
+        std::memset(row + size_t(p.pad_left + in_w) * group_words, 0, size_t(p.pad_right) * group_words * sizeof(uint32_t));
+      }
+    }
+  }
+  void (*pack_fn)(const PackArgs&) = path_ == PopcountPath::kAvx512 ? pack_avx512
+                                     : path_ == PopcountPath::kAvx2 ? pack_avx2
+                                                                    : pack_portable;
+  const int in_pixels = in_h * in_w;
+  constexpr int kPackChunk = 256;
+  const int pack_chunks = (in_pixels + kPackChunk - 1) / kPackChunk;
+  parallel_for(size_t(n_batch) * pack_chunks, [&](size_t item) {
+    const int n = int(item / pack_chunks), chunk = int(item % pack_chunks);
+    PackArgs a{x + n * in_image, threshold, p.channels, in_h, in_w, G, cg, nw,
+               packed.get() + n * image_words, padded_w, p.pad_top, p.pad_left,
+               chunk * kPackChunk, std::min(in_pixels, (chunk + 1) * kPackChunk)};
+    pack_fn(a);
+  });
+
+  // 2. Padding classes, pixel and tap offsets.
+  std::shared_ptr<const PaddingClasses> classes_ptr;
+  {
+    std::lock_guard<std::mutex> lock(filters.class_cache->mutex);
+    auto& slot = filters.class_cache->by_size[{in_h, in_w}];
+    if (!slot)
+      slot = std::make_shared<const PaddingClasses>(build_padding_classes(
+          p, in_h, in_w, filters.tap_popcount, padded_filters, [&](int m) { return (m / mg) * blocks * lanes + m % mg; }));
+    classes_ptr = slot;
+  }
+  const PaddingClasses& classes = *classes_ptr;
+  const int padded_pixels = int((out_plane + kMaxTilePixels - 1) / kMaxTilePixels * kMaxTilePixels);
+  std::vector<int32_t> pix_off(padded_pixels), pix_cls(padded_pixels);
+  for (int pix = 0; pix < padded_pixels; ++pix) {
+    const int q = int(std::min<int64_t>(pix, out_plane - 1));  // tail tiles repeat the last pixel
+    const int oh = q / out_w, ow = q % out_w;
+    pix_off[pix] = int32_t((int64_t(oh) * p.stride_h * padded_w + int64_t(ow) * p.stride_w) * group_words);
+    pix_cls[pix] = classes.row_class[oh] * classes.num_col_classes + classes.col_class[ow];
+  }
+  std::vector<int32_t> k_off(filters.k_words);
+  for (int i = 0; i < p.kernel_h; ++i)
+    for (int j = 0; j < p.kernel_w; ++j)
+      for (int q = 0; q < nw; ++q)
+        k_off[(i * p.kernel_w + j) * nw + q] =
+            int32_t((int64_t(i) * p.dilation_h * padded_w + int64_t(j) * p.dilation_w) * group_words + q);
+  // 3. Tiles: (image, group, filter block, pixel chunk).
+  void (*tile_fn)(const TileArgs&) = path_ == PopcountPath::kAvx512 ? tile_avx512
+                                     : path_ == PopcountPath::kAvx2 ? tile_avx2
+                                                                    : tile_portable;
+  constexpr int kPixelChunk = 128;  // multiple of every tile size
+  const int chunks = int((out_plane + kPixelChunk - 1) / kPixelChunk);
+  const size_t items = size_t(n_batch) * G * blocks * chunks;
+  parallel_for(items, [&](size_t item) {
+    const int chunk = int(item % chunks);
+    size_t rest = item / chunks;
+    const int b = int(rest % blocks);
+    rest /= blocks;
+    const int g = int(rest % G);
+    const int n = int(rest / G);
+    const int slot0 = (g * blocks + b) * lanes;
+    const int first_filter = g * mg + b * lanes;
+    TileArgs a;
+    a.input = packed.get() + n * image_words + g * nw;
+    a.pix_off = pix_off.data();
+    a.pix_cls = pix_cls.data();
+    a.k_off = k_off.data();
+    a.k_words = filters.k_words;
+    a.filters = filters.words.data() + size_t(g * blocks + b) * filters.k_words * lanes;
+    a.correction = classes.correction.data() + slot0;
+    a.correction_stride = padded_filters;
+    a.valid_bits = classes.valid_bits.data();
+    a.scale = scale_padded.data() + slot0;
+    a.bias = bias_padded.data() + slot0;
+    a.relu = p.relu;
+    a.out = y + (int64_t(n) * p.filters + first_filter) * out_plane;
+    a.out_plane = out_plane;
+    a.lanes_valid = std::min(lanes, mg - b * lanes);
+    a.pix_begin = chunk * kPixelChunk;
+    a.pix_end = int(std::min<int64_t>(out_plane, int64_t(chunk + 1) * kPixelChunk));
+    tile_fn(a);
+  });
+}
+
+}  // namespace xnorpipe::bconv2d
