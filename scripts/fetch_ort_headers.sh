@@ -44,9 +44,11 @@ apt_opts=(
     -o "APT::Sandbox::User=root"
 )
 echo "fetching libonnxruntime-dev (trixie) from $mirror"
-apt-get -qq "${apt_opts[@]}" update
+# Retried: a transient mirror error should not fail a whole package build.
+retry() { local i; for i in 1 2 3; do "$@" && return 0; echo "retrying ($i): $*" >&2; sleep $((i * 5)); done; return 1; }
+retry apt-get -qq "${apt_opts[@]}" update
 # apt-get download writes into the current directory; -dev is arch-independent in content we need.
-(cd "$work/debs" && apt-get -qq "${apt_opts[@]}" download libonnxruntime-dev)
+(cd "$work/debs" && retry apt-get -qq "${apt_opts[@]}" download libonnxruntime-dev)
 deb="$(ls "$work"/debs/libonnxruntime-dev_*.deb | head -n1)"
 dpkg-deb -x "$deb" "$work/root"
 src="$(dirname "$(find "$work/root" -name onnxruntime_cxx_api.h | head -n1)")"
