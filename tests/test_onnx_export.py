@@ -192,11 +192,11 @@ def test_padding_is_zero_not_plus_or_minus_one():
 def cifar(cifar_tarball):
     """The first images through the data module (conftest's tarball fixture skips when absent)."""
     from xnorpipe.bench import normalised_images
-    from xnorpipe.data import MEAN, STD, load_cifar10
+    from xnorpipe.data import load_cifar10
 
     d = load_cifar10(cifar_tarball, progress=False)
-    return (normalised_images(d.train_images[:256], MEAN, STD),
-            normalised_images(d.test_images[:400], MEAN, STD), d.test_labels[:400])
+    return (normalised_images(d.train_images[:256]), normalised_images(d.test_images[:400]),
+            d.test_labels[:400])
 
 
 def calibrated(arch, cfg, train_x, seed):
@@ -224,46 +224,56 @@ REAL_CFG = {"nin_xnornet": [96, 80, 48, 96, 96, 96, 96, 96],  # half the seed's 
             "nin_gc_xnornet": SMALL["nin_gc_xnornet"][0]}
 
 
-@pytest.mark.parametrize("arch", ["nin_xnornet", "nin_gc_xnornet"])
-def test_real_images_parity(arch, cifar):
+_REAL_RUNS: dict = {}
+
+
+def real_runs(arch, cifar):
+    """Calibrated `arch` folded, and the logits of the training model and the deploy module on
+    the test images (computed once per arch for the tests below)."""
+    if arch not in _REAL_RUNS:
+        train_x, test_x, _ = cifar
+        model = calibrated(arch, REAL_CFG[arch], train_x, seed=21)
+        assert any((m.weight < 0).any() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        deploy = fold_model(model, arch=arch)
+        with torch.no_grad():
+            trained = model(torch.from_numpy(test_x)).numpy()
+            oracle = DeployModule(deploy)(torch.from_numpy(test_x)).numpy()
+        _REAL_RUNS[arch] = (deploy, test_x, trained, oracle)
+    return _REAL_RUNS[arch]
+
+
+def assert_within_contract(got, oracle, trained):
     """Untrained but calibrated nets have small logit margins (a trained net's are larger), and
     a bit flips wherever PyTorch's and ORT's float rounding straddle a threshold, so top-1
     agreement is asserted at 99 % here; the contract's 99.9 % is for trained checkpoints
     (`xnorpipe bench --data`). The median difference is the contract's own bound."""
-    train_x, test_x, _ = cifar
-    model = calibrated(arch, REAL_CFG[arch], train_x, seed=21)
-    deploy = fold_model(model, arch=arch)
-    assert any((m.weight < 0).any() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    with torch.no_grad():
-        trained = model(torch.from_numpy(test_x)).numpy()
-        oracle = DeployModule(deploy)(torch.from_numpy(test_x)).numpy()
+    for ref in (oracle, trained):
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+        assert np.median(np.abs(got - ref)) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["nin_xnornet", "nin_gc_xnornet"])
+def test_real_images_parity(arch, cifar):
+    deploy, test_x, trained, oracle = real_runs(arch, cifar)
     portable = session(onnx_export.build_onnx(deploy, "portable")).run(None, {"input": test_x})[0]
     packed = session(onnx_export.build_onnx(deploy, "packed")).run(None, {"input": test_x})[0]
     assert np.median(np.abs(portable - oracle)) <= 1e-5
-    assert (portable.argmax(1) == oracle.argmax(1)).mean() >= 0.99
-    runs = [oracle, portable, packed]
-    library = _ort_library_or_none()
-    if library is not None:  # the native kernels (libxnorpipe_ort.so) on the same images
-        so = ort.SessionOptions()
-        so.register_custom_ops_library(library)
-        native = ort.InferenceSession(onnx_export.build_onnx(deploy, "packed").SerializeToString(), so,
-                                      providers=["CPUExecutionProvider"]).run(None, {"input": test_x})[0]
-        assert (native.argmax(1) == oracle.argmax(1)).mean() >= 0.99
-        assert np.median(np.abs(native - oracle)) <= 1e-4
-        runs.append(native)
-    for got in runs:  # against the PyTorch training model
-        assert (got.argmax(1) == trained.argmax(1)).mean() >= 0.99
-        assert np.median(np.abs(got - trained)) <= 1e-4
+    assert_within_contract(oracle, oracle, trained)
+    assert_within_contract(portable, oracle, trained)
+    assert_within_contract(packed, oracle, trained)
 
 
-def _ort_library_or_none():
-    from xnorpipe.errors import XnorpipeError
-    from xnorpipe.native import ort_library_path
+@pytest.mark.parametrize("arch", ["nin_xnornet", "nin_gc_xnornet"])
+def test_real_images_parity_native_kernels(arch, cifar):
+    """The packed form on libxnorpipe_ort.so (skips where it is not built)."""
+    from test_cpu_kernels import _library
 
-    try:
-        return ort_library_path()
-    except XnorpipeError:
-        return None
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(_library())
+    deploy, test_x, trained, oracle = real_runs(arch, cifar)
+    native = ort.InferenceSession(onnx_export.build_onnx(deploy, "packed").SerializeToString(), so,
+                                  providers=["CPUExecutionProvider"]).run(None, {"input": test_x})[0]
+    assert_within_contract(native, oracle, trained)
 
 
 def test_polygraphy_comparator_agrees_across_forms(small_models):
@@ -282,15 +292,11 @@ def test_polygraphy_comparator_agrees_across_forms(small_models):
 
 def test_custom_op_library_matches_the_function_body(small_models):
     """Where plugins/ has built libxnorpipe_ort.so: kernel and function body give the same model."""
-    from xnorpipe.errors import XnorpipeError
+    from test_cpu_kernels import _library
+
     from xnorpipe.runtime.ort_engine import OrtEngine, OrtXnorEngine
 
-    try:
-        import xnorpipe
-
-        xnorpipe.ort_library_path()
-    except XnorpipeError as e:
-        pytest.skip(str(e))
+    _library()  # skips where the library is not built
     _, deploy = small_models["nin_gc_xnornet"]
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     kernel = OrtXnorEngine(model=deploy, threads=1)

@@ -128,12 +128,11 @@ def create_engine(name: str, sources: BenchSources, *, threads: int | None, batc
 # -------------------------------------------------------------------------- measuring
 
 
-def normalised_images(images_nhwc_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> float32 NCHW, (x / 255 - mean) / std (the exports' metadata)."""
-    x = images_nhwc_uint8.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((x - m) / s, dtype=np.float32)
+def normalised_images(images_nhwc_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 NCHW, normalised as in training (the exports' metadata)."""
+    from xnorpipe.data import normalize, to_tensor
+
+    return normalize(to_tensor(images_nhwc_uint8)).numpy()
 
 
 def measure_latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, iters: int,
@@ -214,7 +213,7 @@ def load_test_set(path: str, subset: int | None = None) -> tuple[np.ndarray, np.
     images, labels = d.test_images, d.test_labels
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
-    return normalised_images(images, cifar.MEAN, cifar.STD), np.asarray(labels)
+    return normalised_images(images), np.asarray(labels)
 
 
 def run_bench(engines: Sequence[str], sources: BenchSources, *, batch_size: int, iters: int,
