@@ -1,9 +1,7 @@
 """`DeployModule`: the deploy IR as a plain PyTorch module, the oracle for every runtime.
 
-Binary layers follow the XnorConv2d contract (xnorpipe.deploy.reference) with float ops:
-binarize against the threshold, zero-pad the +-1 tensor, conv with +-1 float32 weights
-(the integer tap sums are exact in float32 below 2**24), then `* scale` and `+ bias` as two
-float32 roundings.
+Binary layers run the XnorConv2d contract's reference (xnorpipe.deploy.reference) on +-1
+float32 weights unpacked once: the integer tap sums are exact in float32 below 2**24.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 
 from xnorpipe.deploy import ir
 from xnorpipe.deploy.packing import unpack_weights
+from xnorpipe.deploy.reference import xnor_conv2d_pm1
 from xnorpipe.models.nin import ChannelShuffle
 
 
@@ -46,19 +45,15 @@ class _BinaryConv(nn.Module):
         super().__init__()
         cg = layer.in_channels // layer.group
         self.register_buffer("weight", torch.from_numpy(unpack_weights(layer.weight_bits, cg)))
-        self.register_buffer("threshold", torch.from_numpy(np.asarray(layer.threshold, np.float32).reshape(1, -1, 1, 1).copy()))
-        self.register_buffer("scale", torch.from_numpy(np.asarray(layer.scale, np.float32).reshape(1, -1, 1, 1).copy()))
-        self.register_buffer("bias", torch.from_numpy(np.asarray(layer.bias, np.float32).reshape(1, -1, 1, 1).copy()))
+        for name in ("threshold", "scale", "bias"):
+            self.register_buffer(name, torch.from_numpy(np.asarray(getattr(layer, name), np.float32).copy()))
         self.pads, self.strides, self.dilations = layer.pads, layer.strides, layer.dilations
         self.group, self.relu = layer.group, layer.relu
 
     def forward(self, x):
-        xb = torch.where(x >= self.threshold, 1.0, -1.0).to(x.dtype)  # NaN -> -1
-        xb = F.pad(xb, _torch_pads(self.pads))  # zero padding of the +-1 tensor
-        s = F.conv2d(xb, self.weight, None, self.strides, 0, self.dilations, self.group)
-        y = s * self.scale
-        y = y + self.bias
-        return F.relu(y) if self.relu else y
+        return xnor_conv2d_pm1(x, self.weight, self.threshold, self.scale, self.bias,
+                               strides=self.strides, pads=self.pads, dilations=self.dilations,
+                               group=self.group, relu=self.relu)
 
 
 class _Pool(nn.Module):

@@ -21,6 +21,32 @@ def binarize_input(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= threshold.view(1, -1, 1, 1), 1.0, -1.0).to(x.dtype)
 
 
+def xnor_conv2d_pm1(
+    x: torch.Tensor,
+    w_pm1: torch.Tensor,
+    threshold: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    relu: bool = False,
+) -> torch.Tensor:
+    """The contract on weights already unpacked to +-1 [M, C/group, kH, kW].
+
+    The tap sum runs in w_pm1's dtype: exact in float64, and in float32 while |sum| < 2**24.
+    """
+    xb = binarize_input(x, threshold).to(w_pm1.dtype)
+    top, left, bottom, right = pads
+    xb = F.pad(xb, (left, right, top, bottom))  # zero padding of the +-1 tensor
+    s = F.conv2d(xb, w_pm1, stride=tuple(strides), dilation=tuple(dilations), groups=group).float()
+    y = s * scale.view(1, -1, 1, 1)
+    y = y + bias.view(1, -1, 1, 1)  # a separate rounding: no fused multiply-add
+    return torch.clamp_min(y, 0.0) if relu else y
+
+
 def xnor_conv2d(
     x: torch.Tensor,
     w_packed: np.ndarray,
@@ -40,11 +66,7 @@ def xnor_conv2d(
     if c % group:
         raise ValueError(f"channels {c} not divisible by group {group}")
     wb = torch.from_numpy(unpack_weights(np.asarray(w_packed), c // group)).double()
-    xb = binarize_input(x, torch.as_tensor(threshold, dtype=torch.float32)).double()
-    top, left, bottom, right = pads
-    xb = F.pad(xb, (left, right, top, bottom))  # zero padding of the +-1 tensor
-    s = F.conv2d(xb, wb, stride=tuple(strides), dilation=tuple(dilations), groups=group)
-    s = s.float()  # exact: |s| < 2**24
-    y = s * torch.as_tensor(scale, dtype=torch.float32).view(1, -1, 1, 1)
-    y = y + torch.as_tensor(bias, dtype=torch.float32).view(1, -1, 1, 1)
-    return torch.clamp_min(y, 0.0) if relu else y
+    return xnor_conv2d_pm1(x, wb, torch.as_tensor(threshold, dtype=torch.float32),
+                           torch.as_tensor(scale, dtype=torch.float32),
+                           torch.as_tensor(bias, dtype=torch.float32), strides=strides, pads=pads,
+                           dilations=dilations, group=group, relu=relu)
