@@ -17,11 +17,11 @@ install:
 test: install
 	$(PYTHON) -m pytest -q -ra
 
-# Train (the seed's recipe unless EPOCHS/TRAIN_FLAGS say otherwise), export both ONNX forms,
+# Train (the seed's recipe unless EPOCHS/TRAIN_FLAGS say otherwise), export every ONNX form,
 # then benchmark every CPU engine against PyTorch on the CIFAR-10 test set.
 pipeline: install
 	$(PYTHON) -m xnorpipe.cli train --arch $(ARCH) --data $(DATA) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_FLAGS)
-	$(PYTHON) -m xnorpipe.cli export --arch $(ARCH) --form both
+	$(PYTHON) -m xnorpipe.cli export --arch $(ARCH) --form all
 	$(PYTHON) -m xnorpipe.cli bench --arch $(ARCH) --engine torch,ort,ort-xnor --data $(DATA)
 
 # Native libraries only, into build/dev (found by xnorpipe.native without reinstalling).

@@ -1,4 +1,4 @@
-"""Whole-model CPU latency: portable ONNX on stock ORT vs packed ONNX on ort-xnor vs PyTorch.
+"""Whole-model CPU latency: portable ONNX on stock ORT vs ort-xnor (packed, packed-bits) vs PyTorch.
 
 Random-init models (speed does not depend on the weights); every variant is measured in the
 same run and reported as a ratio to stock ORT on the portable form. Prints a table; with
@@ -58,23 +58,34 @@ def main(argv=None) -> int:
         engines, note = available_engines(SPECS[arch].binary)
         if note and note not in notes:
             notes.append(note)
-        sources = lib.prepare_sources(arch=arch, random_init=True, engines=engines)
+        # ort-xnor runs both packed forms; each (engine, form) is one row, all from one run.
+        variants = [(e, None) for e in engines if e != "ort-xnor"]
+        if "ort-xnor" in engines:
+            variants[1:1] = [("ort-xnor", "packed"), ("ort-xnor", "packed-bits")]
+        sources = {form: lib.prepare_sources(arch=arch, random_init=True, engines=engines,
+                                             xnor_form=form if "ort-xnor" in engines else None)
+                   for form in ("packed", "packed-bits")}
         try:
             for t in threads:
                 for b in batches:
                     # fewer timed runs at big batches keep the whole run to minutes
                     iters = max(5, args.iters // (4 if b >= 32 else 1))
-                    results = lib.run_bench(engines, sources, batch_size=b, iters=iters,
-                                            warmup=args.warmup, threads=t)
+                    results = []
+                    for engine, form in variants:
+                        src = sources[form or "packed-bits"]
+                        (r,) = lib.run_bench([engine], src, batch_size=b, iters=iters, warmup=args.warmup, threads=t)
+                        r["label"] = f"{engine} ({form})" if form else engine
+                        results.append(r)
                     base = next(r for r in results if r["engine"] == BASELINE)["p50_ms"]
                     for r in results:
-                        rows.append((arch, t, b, r["engine"], r["p50_ms"], r["p90_ms"], r["images_per_s"],
+                        rows.append((arch, t, b, r["label"], r["p50_ms"], r["p90_ms"], r["images_per_s"],
                                      base / r["p50_ms"]))
-                        print(f"{arch:15s} threads {t} batch {b:3d} {r['engine']:9s} p50 {r['p50_ms']:9.3f} ms "
+                        print(f"{arch:15s} threads {t} batch {b:3d} {r['label']:23s} p50 {r['p50_ms']:9.3f} ms "
                               f"{r['images_per_s']:10.1f} img/s  x{base / r['p50_ms']:.2f} vs ort portable",
                               flush=True)
         finally:
-            sources.close()
+            for src in sources.values():
+                src.close()
 
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]])
     header = "| arch | threads | batch | engine | p50 ms | p90 ms | images/s | speed-up vs ort (portable) |"
@@ -87,8 +98,10 @@ def main(argv=None) -> int:
     env = (f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
            f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
     body = (f"Environment: {env}.\n\nForms: `ort` runs the portable ONNX (standard ops) on stock ONNX "
-            "Runtime; `ort-xnor` runs the packed ONNX with the xnorpipe custom-op library; `torch` runs "
-            "the deploy module (float ops). Random-init weights; p50/p90 per batch.\n\n"
+            "Runtime; `ort-xnor (packed)` runs the packed ONNX (XnorConv2d v1, float activations) and "
+            "`ort-xnor (packed-bits)` the packed-bits ONNX (bit-packed activations) with the xnorpipe "
+            "custom-op library; `torch` runs the deploy module (float ops). Random-init weights; p50/p90 "
+            "per batch.\n\n"
             + "\n".join(lines) + ("\n\n" + "\n".join(f"Note: {n}" for n in notes) if notes else ""))
     if args.out:
         lib.write_results_markdown(args.out, "Whole-model latency (CPU)", command, body)

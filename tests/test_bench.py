@@ -55,12 +55,17 @@ def exported(tmp_path_factory):
     return d, ckpt, r.stdout
 
 
-def test_export_writes_both_forms_with_table_and_provenance(exported):
+def test_export_writes_every_form_with_table_and_provenance(exported):
     d, ckpt, stdout = exported
-    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["nin_xnornet.packed.onnx",
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["nin_xnornet.packed-bits.onnx",
+                                                              "nin_xnornet.packed.onnx",
                                                               "nin_xnornet.portable.onnx"]
-    for word in ("portable", "packed", "XnorConv2d nodes", "KiB"):
+    for word in ("portable", "packed", "packed-bits", "XnorConv2d nodes", "bit ops", "KiB"):
         assert word in stdout
+    row = next(line.split() for line in stdout.splitlines() if line.startswith("packed-bits "))
+    assert row[4:6] == ["7", "3"]  # 7 XnorConv2d-family nodes; ConvBinarize, BitMaxPool, Binarize
+    bits = onnx.load(str(d / "ckpt" / "nin_xnornet.packed-bits.onnx"))
+    assert {p.key: p.value for p in bits.metadata_props}["xnorpipe.form"] == "packed-bits"
     meta = {p.key: p.value for p in onnx.load(str(d / "ckpt" / "nin_xnornet.packed.onnx")).metadata_props}
     assert meta["xnorpipe.checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["xnorpipe.random_init"] == "false"
@@ -69,11 +74,18 @@ def test_export_writes_both_forms_with_table_and_provenance(exported):
     assert sorted(p.name for p in (d / "rand").iterdir()) == ["nin_xnornet.packed.onnx"]
 
 
-def test_export_both_on_float_arch_writes_portable_only(tmp_path):
+def test_export_all_on_float_arch_writes_portable_only(tmp_path):
     r = cli("export", "--arch", "nin", "--random-init", "-o", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "only the portable form" in r.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["nin.portable.onnx"]
+
+
+def test_export_form_both_is_portable_and_packed(tmp_path):
+    r = cli("export", "--arch", "nin_gc_xnornet", "--random-init", "--form", "both", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nin_gc_xnornet.packed.onnx",
+                                                          "nin_gc_xnornet.portable.onnx"]
 
 
 @pytest.mark.parametrize("case", ["missing", "other_arch", "packed_float"])
@@ -123,7 +135,7 @@ def test_bench_arch_table_and_random_init_onnx_rebuilds_reference(exported, cifa
 
 
 @pytest.mark.parametrize("case", ["not_onnx", "truncated", "unknown_engine", "portable_for_xnor",
-                                  "missing_onnx"])
+                                  "missing_onnx", "float_arch_for_xnor", "packed_bits_for_trt"])
 def test_bench_errors_are_one_line(case, exported, tmp_path):
     d, _, _ = exported
     if case == "not_onnx":
@@ -144,6 +156,13 @@ def test_bench_errors_are_one_line(case, exported, tmp_path):
         r = cli("bench", "--onnx", d / "ckpt" / "nin_xnornet.portable.onnx", "--engine", "ort-xnor",
                 "--iters", 1)
         assert_one_line_error(r, "ort-xnor")
+    elif case == "float_arch_for_xnor":
+        r = cli("bench", "--arch", "nin", "--random-init", "--engine", "ort-xnor", "--xnor-form", "packed-bits",
+                "--iters", 1)
+        assert_one_line_error(r, "ort-xnor", "float arch")
+    elif case == "packed_bits_for_trt":  # refused before TensorRT is imported: no GPU needed
+        r = cli("bench", "--onnx", d / "ckpt" / "nin_xnornet.packed-bits.onnx", "--engine", "trt", "--iters", 1)
+        assert_one_line_error(r, "bit-packed activations", "XnorConv2d only", "--form packed")
     else:
         r = cli("bench", "--onnx", tmp_path / "nope.onnx", "--engine", "ort")
         assert_one_line_error(r, "nope.onnx")
@@ -163,3 +182,28 @@ def test_library_pieces():
     with pytest.raises(XnorpipeError):
         read_engine_list(["tpu"])
     assert "p50 ms" in format_table([{"engine": "x", "p50_ms": 1.0}])
+
+
+def test_bench_xnor_form_reaches_ort_xnor():
+    """--xnor-form picks the form ort-xnor runs (and only ort-xnor); the table and JSON show it."""
+    from test_cpu_kernels import _library
+
+    from xnorpipe.deploy.onnx_export import BIT_OPS, CONV_OPS
+    from xnorpipe.runtime.ort_engine import _library_implements
+
+    library = _library()  # skips where the library is not built
+    common = ("bench", "--arch", "nin_xnornet", "--random-init", "--engine", "ort,ort-xnor", "--iters", 2,
+              "--warmup", 0, "--threads", 1)
+    r = cli(*common, "--xnor-form", "packed", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["form"] for row in rows] == ["portable", "packed"]
+    assert rows[1]["model"].endswith("nin_xnornet.packed.onnx") and rows[1]["xnor_nodes"] == 7
+    r = cli(*common)  # default: packed-bits
+    if all(_library_implements(library, op) for op in CONV_OPS + BIT_OPS):
+        assert r.returncode == 0, r.stderr
+        header, *lines = [line.split() for line in r.stdout.splitlines()[1:]]
+        assert header[:2] == ["engine", "form"]
+        assert [line[:2] for line in lines] == [["ort", "portable"], ["ort-xnor", "packed-bits"]]
+    else:  # a library without the bit ops is refused, not silently helped by function bodies
+        assert_one_line_error(r, "does not implement", "--xnor-form packed")

@@ -138,6 +138,70 @@ def test_malformed_models_raise(what):
     _expect_error(xnor_model(x_shape, w, threshold, scale, bias, **attrs), feeds, match)
 
 
+def _bit_op_model(op: str, x: np.ndarray, inits: dict, attrs: dict, out_type=None) -> bytes:
+    """One packed-bits op, no function body: only the library can run it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_type = helper.np_dtype_to_tensor_dtype(x.dtype)
+    out_type = out_type or TensorProto.INT32
+    node = helper.make_node(op, ["X", *inits], ["Y"], domain="xnorpipe", **attrs)
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info("X", x_type, list(x.shape))],
+                              [helper.make_tensor_value_info("Y", out_type, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("xnorpipe", 1)],
+                             ir_version=10).SerializeToString()
+
+
+@pytest.mark.parametrize("what", [
+    "bits_no_channels", "bits_words", "bits_group_words", "bits_out_threshold_len", "binarize_threshold_len",
+    "binarize_rank", "bitmaxpool_pads", "bitmaxpool_empty", "convbin_w_shape", "convbin_threshold_len",
+    "avgpool_count_include_pad", "avgpool_threshold_len",
+])
+def test_malformed_bit_op_nodes_raise(what):
+    """packed-bits ops: bad attributes and shapes come back as ONNX Runtime errors naming the problem."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(5)
+    c, m = 64, 40
+    bits = rng.integers(0, 2**31, (1, 2, 6, 6)).astype(np.int32)  # 64 channels as 2 words
+    w = pack_weights(rng.random((m, c, 1, 1)) < 0.5)
+    ones, zeros = np.ones(m, np.float32), np.zeros(m, np.float32)
+    conv = dict(kernel_shape=[1, 1], channels=c)
+    x_float = rng.normal(0, 1, (1, c, 6, 6)).astype(np.float32)
+    cases = {
+        "bits_no_channels": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros), dict(kernel_shape=[1, 1]),
+                             TensorProto.FLOAT, "channels"),
+        "bits_words": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros), dict(kernel_shape=[1, 1], channels=100),
+                       TensorProto.FLOAT, "words per pixel"),
+        "bits_group_words": ("XnorConv2dBits", bits, dict(W=pack_weights(rng.random((m, 20, 1, 1)) < 0.5), scale=ones,
+                                                          bias=zeros),
+                             dict(kernel_shape=[1, 1], channels=40, group=2), TensorProto.FLOAT, "multiple of 32"),
+        "bits_out_threshold_len": ("XnorConv2dBitsBinarize", bits, dict(W=w, scale=ones, bias=zeros,
+                                                                        output_threshold=np.zeros(m - 1, np.float32)),
+                                   conv, None, "output_threshold"),
+        "binarize_threshold_len": ("Binarize", x_float, dict(threshold=np.zeros(c + 1, np.float32)), {}, None,
+                                   "threshold"),
+        "binarize_rank": ("Binarize", x_float.reshape(1, c, 36), dict(threshold=np.zeros(c, np.float32)), {}, None,
+                          "X must be"),
+        "bitmaxpool_pads": ("BitMaxPool", bits, {}, dict(kernel_shape=[2, 2], pads=[2, 0, 0, 0]), None,
+                            "smaller than the kernel"),
+        "bitmaxpool_empty": ("BitMaxPool", bits, {}, dict(kernel_shape=[7, 7]), None, "output size"),
+        "convbin_w_shape": ("ConvBinarize", x_float, dict(W=np.zeros((m, c, 3, 3), np.float32), B=zeros,
+                                                          threshold=zeros),
+                            dict(kernel_shape=[5, 5]), None, "W shape"),
+        "convbin_threshold_len": ("ConvBinarize", x_float, dict(W=np.zeros((m, c, 3, 3), np.float32), B=zeros,
+                                                                threshold=np.zeros(3, np.float32)),
+                                  dict(kernel_shape=[3, 3]), None, "threshold"),
+        "avgpool_count_include_pad": ("AvgPoolBinarize", x_float, dict(threshold=np.zeros(c, np.float32)),
+                                      dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0), None,
+                                      "count_include_pad"),
+        "avgpool_threshold_len": ("AvgPoolBinarize", x_float, dict(threshold=np.zeros(c - 1, np.float32)),
+                                  dict(kernel_shape=[3, 3]), None, "threshold"),
+    }
+    op, x, inits, attrs, out_type, match = cases[what]
+    _expect_error(_bit_op_model(op, x, inits, attrs, out_type), {"X": x}, match)
+
+
 def test_errors_do_not_kill_the_interpreter():
     """A malformed model in a child interpreter: it must exit normally after catching the error."""
     code = (

@@ -245,6 +245,32 @@ def test_trt_engine_errors(packed_onnx, tmp_path):
     assert "\n" not in str(e.value.message)
 
 
+@pytest.fixture
+def packed_bits_onnx(tmp_path) -> Path:
+    import onnx
+
+    from xnorpipe.deploy.onnx_export import xnor_conv_bits_model
+
+    path = tmp_path / "bits.onnx"
+    onnx.save(xnor_conv_bits_model(_binary_layer(c=32), (1, 32, 5, 5), output_threshold=np.zeros(6)), path)
+    return path
+
+
+def test_packed_bits_is_refused_before_tensorrt(packed_bits_onnx, tmp_path):
+    """The plugin implements XnorConv2d only: one line, whether or not TensorRT is here."""
+    from xnorpipe.runtime import engine_class
+
+    out = tmp_path / "x.engine"
+    line = _one_line_error(_cli("build-engine", "--onnx", packed_bits_onnx, "-o", out))
+    for needle in ("bits.onnx", "bit-packed activations", "xnorpipe::XnorConv2dBitsBinarize",
+                   "XnorConv2d only", "--form packed"):
+        assert needle in line, line
+    assert not out.exists()
+    with pytest.raises(XnorpipeError, match="bit-packed activations") as e:
+        engine_class("trt")(onnx_path=str(packed_bits_onnx))
+    assert "\n" not in str(e.value)
+
+
 def test_trt_engine_error_message_names_tensorrt_when_absent(packed_onnx, monkeypatch):
     """With tensorrt unimportable, the message names TensorRT and how to get it."""
     import builtins

@@ -19,8 +19,9 @@ import torch
 
 from xnorpipe.errors import XnorpipeError
 
-# The ONNX form each engine runs when the bench exports the model itself.
-ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed", "trt": "packed", "torch-xnor": "packed"}
+# The ONNX form each engine runs when the bench exports the model itself (ort-xnor: --xnor-form).
+ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed-bits", "trt": "packed", "torch-xnor": "packed"}
+XNOR_FORMS = ("packed", "packed-bits")
 
 
 @dataclass
@@ -33,17 +34,18 @@ class BenchSources:
     onnx_paths: dict[str, str] = field(default_factory=dict)  # form -> file
     given_onnx: str | None = None  # --onnx: every ONNX engine runs this file
     notes: list[str] = field(default_factory=list)
+    engine_forms: dict[str, str] = field(default_factory=lambda: dict(ENGINE_FORMS))
     _tmp: Any = None  # keeps the temporary export folder alive
 
     def onnx_for(self, engine: str) -> str | None:
         if self.given_onnx is not None:
             return self.given_onnx
-        form = ENGINE_FORMS.get(engine)
+        form = self.engine_forms.get(engine)
         if form is None:
             return None
-        if form == "packed" and "packed" not in self.onnx_paths:
+        if form != "portable" and form not in self.onnx_paths:
             if engine == "ort-xnor":
-                raise XnorpipeError(f"engine ort-xnor needs a packed model, and {self.arch} is a float "
+                raise XnorpipeError(f"engine ort-xnor needs a {form} model, and {self.arch} is a float "
                                     "arch with none: use --engine ort")
             return self.onnx_paths.get("portable")
         return self.onnx_paths.get(form)
@@ -83,18 +85,25 @@ def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list
 
 def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                     onnx_path: str | None = None, random_init: bool = False,
-                    engines: Sequence[str] = ()) -> BenchSources:
-    """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference."""
+                    engines: Sequence[str] = (), xnor_form: str | None = None) -> BenchSources:
+    """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference.
+
+    `xnor_form` is the form ort-xnor runs when the bench exports (default packed-bits)."""
     from xnorpipe.deploy import onnx_export
     from xnorpipe.deploy.fold import fold_model, load_source_model
 
     if (arch is None) == (onnx_path is None):
         raise XnorpipeError("give exactly one of --arch or --onnx")
+    if xnor_form is not None and xnor_form not in XNOR_FORMS:
+        raise XnorpipeError(f"unknown --xnor-form {xnor_form!r}; choose {' or '.join(XNOR_FORMS)}")
     if onnx_path is not None:
         if random_init:
             raise XnorpipeError("--random-init applies to --arch, not to --onnx")
         meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path))
         notes: list[str] = []
+        if xnor_form is not None and "ort-xnor" in engines:
+            notes.append(f"--xnor-form applies to --arch: ort-xnor runs {Path(onnx_path).name} "
+                         f"({meta.get('xnorpipe.form', 'form unknown')})")
         arch, reference = _rebuild_reference(meta, checkpoint, notes)
         deploy = fold_model(reference, arch=arch) if reference is not None else None
         return BenchSources(arch=arch, deploy=deploy, reference=reference, given_onnx=str(onnx_path),
@@ -102,10 +111,11 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
     reference, metadata = load_source_model(arch, checkpoint, random_init)
     deploy = fold_model(reference, arch=arch, metadata=metadata)
     sources = BenchSources(arch=arch, deploy=deploy, reference=reference)
-    wanted = {ENGINE_FORMS[e] for e in engines if e in ENGINE_FORMS}
-    if "packed" in wanted and not onnx_export.has_binary_layers(deploy):
-        wanted.discard("packed")
-        wanted.add("portable")
+    if xnor_form is not None:
+        sources.engine_forms["ort-xnor"] = xnor_form
+    wanted = {sources.engine_forms[e] for e in engines if e in sources.engine_forms}
+    if not onnx_export.has_binary_layers(deploy) and wanted - {"portable"}:
+        wanted = {"portable"}
     if wanted:
         sources._tmp = tempfile.TemporaryDirectory(prefix="xnorpipe-bench-")
         for f in onnx_export.export(deploy, sorted(wanted), sources._tmp.name):
@@ -122,6 +132,8 @@ def create_engine(name: str, sources: BenchSources, *, threads: int | None, batc
                                   threads=threads, batch_size=batch_size)
     if name == "torch":
         kwargs["device"] = device
+    if name == "ort-xnor" and sources.given_onnx is None:
+        kwargs["form"] = sources.engine_forms[name]
     return cls(**kwargs)
 
 
@@ -253,7 +265,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
-TABLE_COLUMNS = [("engine", "engine"), ("batch", "batch_size"), ("p50 ms", "p50_ms"),
+TABLE_COLUMNS = [("engine", "engine"), ("form", "form"), ("batch", "batch_size"), ("p50 ms", "p50_ms"),
                  ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"), ("img/s", "images_per_s"),
                  ("top-1 %", "top1"), ("ref top-1 %", "reference_top1"), ("agree %", "agreement"),
                  ("median |d|", "median_abs_diff"), ("max |d|", "max_abs_diff")]
@@ -263,7 +275,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     cols = [(h, k) for h, k in TABLE_COLUMNS if any(k in r for r in results)]
     rows = [[h for h, _ in cols]] + [[_fmt(r.get(k)) for _, k in cols] for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+    return "\n".join("  ".join(c.ljust(w) if cols[i][1] in ("engine", "form") else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
 
 

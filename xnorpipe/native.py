@@ -34,16 +34,14 @@ def ort_library_path() -> str:
     name = "libxnorpipe_ort.so"
     if (_LIB_DIR / name).is_file():  # regular wheel install
         return str(_LIB_DIR / name)
-    # Editable install (scikit-build-core): Python files stay in the source tree, the library
-    # is installed into site-packages/xnorpipe/lib/.
+    # Editable install (scikit-build-core): Python files stay in the source tree and the library
+    # goes to site-packages/xnorpipe/lib/; a source tree also has build/ (`make native`). The
+    # newest one wins, so a rebuild takes effect without reinstalling.
     import sys
 
-    for entry in sys.path:
-        p = Path(entry or ".") / "xnorpipe" / "lib" / name
-        if p.is_file():
-            return str(p)
-    # Source tree: the newest build under build/ (dev build or scikit-build's build dir).
-    built = [p for p in _candidates(name)[1:] if p.is_file()]
+    found = [Path(entry or ".") / "xnorpipe" / "lib" / name for entry in sys.path]
+    found += _candidates(name)[1:]
+    built = [p for p in found if p.is_file()]
     if built:
         return str(max(built, key=lambda p: p.stat().st_mtime))
     raise XnorpipeError(

@@ -2,9 +2,12 @@
 //  1. xor-popcount ceiling: an in-register loop xor + popcount + add over independent
 //     accumulators, no memory traffic. 1 bit = 1 binary MAC (one +-1 product).
 //  2. Per-layer: every binary layer of nin_xnornet and nin_gc_xnornet, batch 1 and 64, one
-//     thread, each popcount path; G binary MAC/s = N*M*Ho*Wo*(Cin/g)*kH*kW / time.
-// Usage: xnorpipe_bench_cpu [min_seconds_per_measurement=0.3] [paths=avx512,avx2,portable] [only=net:layer,...]
-// e.g. xnorpipe_bench_cpu 0.3 avx512 nin_xnornet:L1
+//     thread, each popcount path; G binary MAC/s = N*M*Ho*Wo*(Cin/g)*kH*kW / time. I/O
+//     "float": XnorConv2d (float in, float out, the packed form); "bits": the layer as the
+//     packed-bits form runs it (bit input; bit output where the next layer is binary).
+// Usage: xnorpipe_bench_cpu [min_seconds_per_measurement=0.3] [paths=avx512,avx2,portable]
+//                           [only=net:layer,...] [io=float,bits]
+// e.g. xnorpipe_bench_cpu 0.3 avx512 nin_xnornet:L1 float,bits
 #include <immintrin.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bconv2d/binarize.h"
 #include "core/bconv2d/optimized.h"
 
 using namespace xnorpipe::bconv2d;
@@ -89,7 +93,7 @@ __attribute__((target("popcnt"), noinline)) double ceiling_scalar(long iters) {
   return double(s);
 }
 
-struct Layer { const char* net; const char* name; int cin, cout, k, pad, group, hw; };
+struct Layer { const char* net; const char* name; int cin, cout, k, pad, group, hw; bool bits_out = false; };
 
 }  // namespace
 
@@ -128,9 +132,9 @@ int main(int argc, char** argv) {
   }
 
   const std::vector<Layer> layers = {
-      {"nin_xnornet", "L1", 192, 160, 1, 0, 1, 32}, {"nin_xnornet", "L2", 160, 96, 1, 0, 1, 32},
-      {"nin_xnornet", "L3", 96, 192, 3, 1, 1, 16},  {"nin_xnornet", "L4", 192, 192, 1, 0, 1, 16},
-      {"nin_xnornet", "L5", 192, 192, 1, 0, 1, 16}, {"nin_xnornet", "L6", 192, 192, 3, 1, 1, 8},
+      {"nin_xnornet", "L1", 192, 160, 1, 0, 1, 32, true}, {"nin_xnornet", "L2", 160, 96, 1, 0, 1, 32, true},
+      {"nin_xnornet", "L3", 96, 192, 3, 1, 1, 16, true},  {"nin_xnornet", "L4", 192, 192, 1, 0, 1, 16, true},
+      {"nin_xnornet", "L5", 192, 192, 1, 0, 1, 16}, {"nin_xnornet", "L6", 192, 192, 3, 1, 1, 8, true},
       {"nin_xnornet", "L7", 192, 192, 1, 0, 1, 8},
       {"nin_gc_xnornet", "L1", 256, 256, 1, 0, 2, 32},   {"nin_gc_xnornet", "L2", 256, 256, 1, 0, 2, 32},
       {"nin_gc_xnornet", "L3", 256, 512, 3, 1, 16, 16},  {"nin_gc_xnornet", "L4", 512, 512, 1, 0, 4, 16},
@@ -138,11 +142,12 @@ int main(int argc, char** argv) {
       {"nin_gc_xnornet", "L7", 1024, 1024, 1, 0, 8, 8},
   };
   std::printf("\n## Per layer, one thread (G binary MAC/s; %% of the ceiling %.0f)\n\n", ceiling);
-  std::printf("| net | layer | Cin->Cout k g @HxW | batch | path | time | G binary MAC/s | %% ceiling |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| net | layer | Cin->Cout k g @HxW | batch | I/O | path | time | G binary MAC/s | %% ceiling |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 1.f);
   const std::string only = argc > 3 ? argv[3] : "";
+  const std::string io_modes = argc > 4 ? argv[4] : "float";
   for (const Layer& l : layers)
     for (int batch : {1, 64}) {
       if (!only.empty() && only.find(std::string(l.net) + ":" + l.name) == std::string::npos) continue;
@@ -158,17 +163,35 @@ int main(int argc, char** argv) {
       const int64_t out_hw = p.out_h(l.hw) * p.out_w(l.hw);
       std::vector<float> y(size_t(batch) * l.cout * out_hw);
       const double macs = double(batch) * l.cout * out_hw * (l.cin / l.group) * l.k * l.k;
-      for (PopcountPath path : paths) {
-        BConv2D conv(p, path);
-        const PackedFilters f = conv.pack_filters(w.data());
-        const double t = best_time([&] {
-          conv.run(x.data(), batch, l.hw, l.hw, f, thr.data(), scale.data(), bias.data(), y.data(), serial_for);
-        }, batch == 1 ? min_s : min_s * 2);
-        const double g = macs / t / 1e9;
-        std::printf("| %s | %s | %d->%d k%d g%d @%dx%d | %d | %s | %.1f us | %.0f | %.0f %% |\n", l.net, l.name, l.cin,
-                    l.cout, l.k, l.group, l.hw, l.hw, batch, path_name(path), t * 1e6, g, 100 * g / ceiling);
-        std::fflush(stdout);
-      }
+      // Bit tensors for the packed-bits I/O (contents do not change the speed).
+      const bool bits_in_ok = l.group == 1 || (l.cin / l.group) % 32 == 0;
+      std::vector<uint32_t> x_bits(size_t(batch) * num_words(l.cin) * l.hw * l.hw);
+      binarize(x.data(), batch, l.cin, int64_t(l.hw) * l.hw, thr.data(), x_bits.data(), PopcountPath::kPortable, serial_for);
+      std::vector<uint32_t> y_bits(size_t(batch) * num_words(l.cout) * out_hw);
+      std::vector<float> out_thr(l.cout, 0.3f);
+      for (PopcountPath path : paths)
+        for (const char* io : {"float", "bits"}) {
+          if (io_modes.find(io) == std::string::npos) continue;
+          const bool bits = io[0] == 'b';
+          if (bits && !bits_in_ok) continue;
+          BConv2D conv(p, path);
+          const PackedFilters f = conv.pack_filters(w.data());
+          ConvInput in{x.data(), thr.data(), nullptr};
+          ConvOutput out{y.data(), nullptr, nullptr};
+          if (bits) {
+            in = ConvInput{nullptr, nullptr, x_bits.data()};
+            if (l.bits_out) out = ConvOutput{nullptr, y_bits.data(), out_thr.data()};
+          }
+          const double t = best_time([&] {
+            conv.run(in, batch, l.hw, l.hw, f, scale.data(), bias.data(), out, serial_for);
+          }, batch == 1 ? min_s : min_s * 2);
+          const double g = macs / t / 1e9;
+          std::printf("| %s | %s | %d->%d k%d g%d @%dx%d | %d | %s | %s | %.1f us | %.0f | %.0f %% |\n", l.net, l.name,
+                      l.cin, l.cout, l.k, l.group, l.hw, l.hw, batch,
+                      bits ? (l.bits_out ? "bits->bits" : "bits->float") : "float->float", path_name(path), t * 1e6, g,
+                      100 * g / ceiling);
+          std::fflush(stdout);
+        }
     }
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <list>
 #include <mutex>
 
+#include "bit_ops.h"
 #include "xnor_conv2d_op.h"
 
 namespace {
@@ -20,10 +21,20 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base ? api_base->GetApi(ORT_API_VERSION) : nullptr;
   if (!api) return nullptr;  // runtime older than the headers: nothing can report the error
   Ort::InitApi(api);
-  static xnorpipe::ort::XnorConv2dOp xnor_conv2d_op;
+  using xnorpipe::ort::ConvIo;
+  static xnorpipe::ort::XnorConv2dOp<ConvIo::kFloatToFloat> xnor_conv2d_op;
+  static xnorpipe::ort::XnorConv2dOp<ConvIo::kBitsToFloat> xnor_conv2d_bits_op;
+  static xnorpipe::ort::XnorConv2dOp<ConvIo::kBitsToBits> xnor_conv2d_bits_binarize_op;
+  static xnorpipe::ort::BinarizeOp binarize_op;
+  static xnorpipe::ort::BitMaxPoolOp bit_max_pool_op;
+  static xnorpipe::ort::ConvBinarizeOp conv_binarize_op;
+  static xnorpipe::ort::AvgPoolBinarizeOp avg_pool_binarize_op;
   try {
     Ort::CustomOpDomain domain("xnorpipe");
-    domain.Add(&xnor_conv2d_op);
+    for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{
+             &xnor_conv2d_op, &xnor_conv2d_bits_op, &xnor_conv2d_bits_binarize_op, &binarize_op, &bit_max_pool_op, &conv_binarize_op,
+             &avg_pool_binarize_op})
+      domain.Add(op);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(domains_mutex);
     domains().push_back(std::move(domain));

@@ -23,16 +23,19 @@ from xnorpipe.commands import options
               help="Timed runs per engine.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
               help="Untimed runs before timing.")
+@click.option("--xnor-form", type=click.Choice(["packed", "packed-bits"]), default=None,
+              help="The ONNX form ort-xnor runs with --arch: packed-bits (bit-packed activations "
+              "between binary layers) or packed.  [default: packed-bits]")
 @options.device(("cpu", "cuda", "auto"))
 @options.json_output()
 def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
-          threads, iters, warmup, device, as_json):
+          threads, iters, warmup, xnor_form, device, as_json):
     """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
     from xnorpipe import bench as lib
 
     names = lib.read_engine_list(engines)
     sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
-                                  random_init=random_init, engines=names)
+                                  random_init=random_init, engines=names, xnor_form=xnor_form)
     try:
         images = labels = None
         if data:

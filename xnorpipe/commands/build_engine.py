@@ -26,7 +26,7 @@ from xnorpipe.errors import XnorpipeError
 def build_engine(onnx_path, out_path, fp16, timing_cache, workspace_mb, batch_size, max_batch, verbose):
     """Build a TensorRT engine from portable ONNX (stock layers) or packed ONNX (the
     xnorpipe::XnorConv2d plugin, its CUDA kernel compiled into the engine: no Python needed
-    to run it)."""
+    to run it). The packed-bits form is ONNX Runtime only."""
     from xnorpipe.gpu.trt_build import build_serialized_engine
     from xnorpipe.utils import atomic_write_bytes
 

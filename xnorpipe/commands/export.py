@@ -1,4 +1,4 @@
-"""`xnorpipe export`: fold a checkpoint and write portable and/or packed ONNX files."""
+"""`xnorpipe export`: fold a checkpoint and write portable, packed and/or packed-bits ONNX files."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ def _kib(n: int) -> str:
 @click.command()
 @options.arch(required=True)
 @options.checkpoint("Checkpoint to export [default: checkpoints/cifar10_<arch>_best.pth.tar].")
-@click.option("--form", type=click.Choice(["portable", "packed", "both"]), default="both", show_default=True,
+@click.option("--form", type=click.Choice(["portable", "packed", "packed-bits", "all", "both"]), default="all",
+              show_default=True,
               help="portable: standard ONNX ops only; packed: xnorpipe::XnorConv2d nodes with "
-              "bit-packed weights (binary archs only).")
+              "bit-packed weights; packed-bits: packed, plus bit-packed activations between binary "
+              "layers (ONNX Runtime only; binary archs only); all: every form of the arch; "
+              "both: portable and packed.")
 @options.out_dir("exports", "Output folder.")
 @options.random_init()
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True,
-              help="ai.onnx opset (packed needs >= 18).")
+              help="ai.onnx opset (packed and packed-bits need >= 18).")
 def export(arch, checkpoint, form, out, random_init, opset):
     """Fold BatchNorm and scaling factors and export ONNX (<out>/<arch>.<form>.onnx)."""
     from xnorpipe.deploy.fold import fold_model, load_source_model
@@ -34,8 +37,8 @@ def export(arch, checkpoint, form, out, random_init, opset):
     files = export_onnx(deploy, forms, out, opset=opset)
     source = "random init" if random_init else metadata["xnorpipe.checkpoint"]
     click.echo(f"{arch} from {source}, opset {opset}")
-    header = ("form", "file", "size", "XnorConv2d nodes", "float weights", "packed weights")
-    rows = [(f.form, str(f.path), _kib(f.size_bytes), str(f.custom_nodes),
+    header = ("form", "file", "size", "XnorConv2d nodes", "bit ops", "float weights", "packed weights")
+    rows = [(f.form, str(f.path), _kib(f.size_bytes), str(f.custom_nodes), str(f.bit_nodes),
              _kib(f.float_weight_bytes), _kib(f.packed_weight_bytes)) for f in files]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:

@@ -1,4 +1,5 @@
-"""ONNX emitters of the deploy IR: the portable form (standard ops) and the packed form.
+"""ONNX emitters of the deploy IR: the portable form (standard ops), the packed form and the
+packed-bits form.
 
 packed: `xnorpipe::XnorConv2d` v1 nodes (shared/docs/XNORCONV2D.md) with int32 bit-word
 weights, plus ONE model-local FunctionProto `xnorpipe::XnorConv2d` whose body computes the op
@@ -7,6 +8,15 @@ dilations and group by `ref_attr_name`, and `group`/`relu` also reach it as tens
 `Constant(value_int=@attr)`; ONNX Runtime 1.32 inlines it per call site. One function name
 keeps `op_type == "XnorConv2d"`, which is what TensorRT's parser maps to the plugin (no
 overloads needed). The body unpacks bits with BitwiseAnd, so the packed form needs opset >= 18.
+
+packed-bits: as packed, but binary layers that feed binary layers pass bit-packed activations
+(int32 [N, ceil(C/32), H, W]) through `Binarize`, `XnorConv2dBits`, `XnorConv2dBitsBinarize`
+and `BitMaxPool` (the contract's last section), each with its own model-local function; a
+float conv (group 1) that feeds a binary layer reading bits writes its bits itself through
+`ConvBinarize` (Conv, ReLU and the next layer's binarization in one node), and an
+AveragePool that feeds one through `AvgPoolBinarize`. The bit ops' bodies call `XnorConv2d`
+and `Binarize` (nested model-local functions), so a model carries the functions its nodes use
+and the ones those call.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from xnorpipe import __version__
 from xnorpipe.deploy import ir
-from xnorpipe.deploy.packing import WORD_BITS, unpack_weights
+from xnorpipe.deploy.packing import WORD_BITS, num_words, unpack_weights
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.utils import atomic_path
 
@@ -31,9 +41,16 @@ DOMAIN = "xnorpipe"
 OP_NAME = "XnorConv2d"
 OP_VERSION = 1
 DEFAULT_OPSET = 18
-MIN_OPSET = {"portable": 17, "packed": 18}
+MIN_OPSET = {"portable": 17, "packed": 18, "packed-bits": 18}
 IR_VERSION = 10  # ONNX 1.16+, read by ONNX Runtime >= 1.17; needed for function attribute defaults
-FORMS = ("portable", "packed")
+FORMS = ("portable", "packed", "packed-bits")
+BINARIZE, CONV_BITS, CONV_BITS_BINARIZE, BIT_MAX_POOL = ("Binarize", "XnorConv2dBits",
+                                                         "XnorConv2dBitsBinarize", "BitMaxPool")
+CONV_BINARIZE = "ConvBinarize"  # float conv (+ ReLU) + the next layer's Binarize, fused
+AVG_POOL_BINARIZE = "AvgPoolBinarize"  # AveragePool + the next layer's Binarize, fused
+CONV_OPS = (OP_NAME, CONV_BITS, CONV_BITS_BINARIZE)  # the XnorConv2d family
+# bit-activation ops outside the XnorConv2d family
+BIT_OPS = (BINARIZE, CONV_BINARIZE, BIT_MAX_POOL, AVG_POOL_BINARIZE)
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
 
 
@@ -146,6 +163,218 @@ def xnor_conv_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
         doc_string="xnorpipe::XnorConv2d v1 from standard ops (shared/docs/XNORCONV2D.md)")
 
 
+class _Body:
+    """Nodes of a function body, with constants and attribute references."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, name: str, value) -> str:
+        self.nodes.append(helper.make_node("Constant", [], [name],
+                                           value=numpy_helper.from_array(np.asarray(value), name)))
+        return name
+
+    def attr_const(self, name: str, attr: str) -> str:
+        """A scalar int64 tensor holding the int attribute `attr` of the call."""
+        node = helper.make_node("Constant", [], [name])
+        node.attribute.append(_attr_ref("value_int", attr, onnx.AttributeProto.INT))
+        self.nodes.append(node)
+        return name
+
+    def add(self, op: str, inputs: Sequence[str], output: str, domain: str = "",
+            refs: Sequence[tuple[str, int]] = (), **attrs) -> str:
+        node = helper.make_node(op, list(inputs), [output], domain=domain, **attrs)
+        node.attribute.extend(_attr_ref(name, name, kind) for name, kind in refs)
+        self.nodes.append(node)
+        return output
+
+
+def _word_masks() -> np.ndarray:
+    """int32 [32, 1, 1]: 1 << k (bit 31 is INT32_MIN), broadcast over [N, words, 32, H, W]."""
+    masks = np.array([1 << k for k in range(WORD_BITS)], dtype=np.int64).astype(np.uint32).view(np.int32)
+    return masks.reshape(WORD_BITS, 1, 1)
+
+
+def _pack(b: _Body, bits: str, lead: str, tail: str, out: str) -> str:
+    """int32 0/1 [N, 32*words, H, W] -> int32 words [N, words, H, W]; `lead` is [N, words] and
+    `tail` [H, W] (int64). The bits are distinct powers of two: their sum is their OR and
+    cannot overflow int32."""
+    b.const("pk_masks", _word_masks())
+    b.const("pk_32", np.array([WORD_BITS], np.int64))
+    b.const("pk_axis", np.array([2], np.int64))
+    b.add("Concat", [lead, "pk_32", tail], "pk_shape", axis=0)
+    b.add("Reshape", [bits, "pk_shape"], "pk_bits5")
+    b.add("Mul", ["pk_bits5", "pk_masks"], "pk_weighted")
+    return b.add("ReduceSum", ["pk_weighted", "pk_axis"], out, keepdims=0)
+
+
+def _unpack(b: _Body, xp: str) -> str:
+    """int32 words [N, words, H, W] -> float +-1 [N, 32*words, H, W] (bits past C included)."""
+    b.const("up_masks", _word_masks())
+    b.const("up_axis", np.array([2], np.int64))
+    b.const("up_zero", np.array(0, np.int32))
+    b.const("up_one", np.array(1.0, np.float32))
+    b.const("up_minus_one", np.array(-1.0, np.float32))
+    b.const("up_keep_n_merge_c", np.array([0, -1], np.int64))
+    b.add("Unsqueeze", [xp, "up_axis"], "up_xp5")
+    b.add("BitwiseAnd", ["up_xp5", "up_masks"], "up_bits")
+    b.add("Equal", ["up_bits", "up_zero"], "up_clear")
+    b.add("Where", ["up_clear", "up_minus_one", "up_one"], "up_pm1_5d")
+    b.add("Shape", [xp], "up_hw", start=2)
+    b.add("Concat", ["up_keep_n_merge_c", "up_hw"], "up_shape", axis=0)
+    return b.add("Reshape", ["up_pm1_5d", "up_shape"], "up_pm1")
+
+
+_CONV_REFS = [("kernel_shape", onnx.AttributeProto.INTS), ("strides", onnx.AttributeProto.INTS),
+              ("pads", onnx.AttributeProto.INTS), ("dilations", onnx.AttributeProto.INTS),
+              ("group", onnx.AttributeProto.INT), ("relu", onnx.AttributeProto.INT)]
+
+
+def _conv_defaults() -> list[onnx.AttributeProto]:
+    return [helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0]),
+            helper.make_attribute("dilations", [1, 1]), helper.make_attribute("group", 1),
+            helper.make_attribute("relu", 0)]
+
+
+def _function(name: str, inputs, outputs, b: _Body, opset: int, attributes, defaults, doc: str):
+    return helper.make_function(
+        DOMAIN, name, inputs, outputs, b.nodes,
+        [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, OP_VERSION)],
+        attributes=attributes, attribute_protos=defaults,
+        doc_string=f"xnorpipe::{name} v1 from standard ops (shared/docs/XNORCONV2D.md): {doc}")
+
+
+def binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::Binarize`: bit = X >= threshold[c] (NaN: 0), channels padded to whole words."""
+    b = _Body()
+    b.const("axes_chw", np.array([1, 2], np.int64))
+    b.const("c_axis", np.array([1], np.int64))
+    b.const("zero_1", np.array([0], np.int64))
+    b.const("word_bits", np.array([WORD_BITS], np.int64))
+    b.const("word_bits_m1", np.array([WORD_BITS - 1], np.int64))
+    b.add("Unsqueeze", ["threshold", "axes_chw"], "thr_c11")
+    b.add("GreaterOrEqual", ["X", "thr_c11"], "positive")
+    b.add("Cast", ["positive"], "bits", to=TensorProto.INT32)
+    # pad the channels to 32 * words with clear bits
+    b.add("Shape", ["threshold"], "channels")
+    b.add("Add", ["channels", "word_bits_m1"], "channels_up")
+    b.add("Div", ["channels_up", "word_bits"], "words")
+    b.add("Mul", ["words", "word_bits"], "padded_channels")
+    b.add("Sub", ["padded_channels", "channels"], "pad_c")
+    b.add("Concat", ["zero_1", "pad_c"], "pads_c", axis=0)
+    b.add("Pad", ["bits", "pads_c", "", "c_axis"], "bits_padded")
+    b.add("Shape", ["X"], "n", end=1)
+    b.add("Shape", ["X"], "hw", start=2)
+    b.add("Concat", ["n", "words"], "lead", axis=0)
+    _pack(b, "bits_padded", "lead", "hw", "Y")
+    return _function(BINARIZE, ["X", "threshold"], ["Y"], b, opset, None, None,
+                     "GreaterOrEqual, padded to whole words, weighted by 1 << k and summed")
+
+
+def xnor_conv_bits_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::XnorConv2dBits`: unpack Xp to +-1, cut to `channels`, then XnorConv2d with
+    threshold 0 (+1 >= 0 > -1), so the arithmetic is XnorConv2d's own."""
+    b = _Body()
+    _unpack(b, "Xp")
+    b.const("zero_1", np.array([0], np.int64))
+    b.const("c_axis", np.array([1], np.int64))
+    b.const("axis_0", np.array([0], np.int64))
+    b.attr_const("channels_s", "channels")
+    b.add("Unsqueeze", ["channels_s", "axis_0"], "channels")
+    b.add("Slice", ["up_pm1", "zero_1", "channels", "c_axis"], "x_pm1")
+    b.add("ConstantOfShape", ["channels"], "zero_threshold",
+          value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    b.add(OP_NAME, ["x_pm1", "W", "zero_threshold", "scale", "bias"], "Y", domain=DOMAIN, refs=_CONV_REFS)
+    return _function(CONV_BITS, ["Xp", "W", "scale", "bias"], ["Y"], b, opset,
+                     ["kernel_shape", "channels"], _conv_defaults(), "unpack, then XnorConv2d")
+
+
+def xnor_conv_bits_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::XnorConv2dBitsBinarize` = Binarize(XnorConv2dBits(...), output_threshold)."""
+    b = _Body()
+    b.add(CONV_BITS, ["Xp", "W", "scale", "bias"], "y_float", domain=DOMAIN,
+          refs=_CONV_REFS + [("channels", onnx.AttributeProto.INT)])
+    b.add(BINARIZE, ["y_float", "output_threshold"], "Y", domain=DOMAIN)
+    return _function(CONV_BITS_BINARIZE, ["Xp", "W", "scale", "bias", "output_threshold"], ["Y"], b,
+                     opset, ["kernel_shape", "channels"], _conv_defaults(),
+                     "XnorConv2dBits, then Binarize")
+
+
+def bit_max_pool_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::BitMaxPool`: unpack every bit to +-1, MaxPool (its -inf padding never wins:
+    an OR over in-image taps), repack with threshold 0."""
+    A = onnx.AttributeProto
+    b = _Body()
+    _unpack(b, "Xp")
+    b.const("zero_f", np.array(0.0, np.float32))
+    b.add("MaxPool", ["up_pm1"], "pooled", refs=[("kernel_shape", A.INTS), ("strides", A.INTS),
+                                                 ("pads", A.INTS)])
+    b.add("GreaterOrEqual", ["pooled", "zero_f"], "positive")
+    b.add("Cast", ["positive"], "bits", to=TensorProto.INT32)
+    b.add("Shape", ["Xp"], "lead", end=2)
+    b.add("Shape", ["pooled"], "hw", start=2)
+    _pack(b, "bits", "lead", "hw", "Y")
+    return _function(BIT_MAX_POOL, ["Xp"], ["Y"], b, opset, ["kernel_shape"],
+                     [helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0])],
+                     "unpack, MaxPool, repack")
+
+
+def conv_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::ConvBinarize` = Binarize(relu?(Conv(X, W, B)), threshold): ONNX Conv with
+    the call's attributes, ReLU as max(Y, 0) or max(Y, -inf) = Y from `relu`, then Binarize.
+    NaN stays NaN through the ReLU (Max's NaN handling is unspecified), so its bit is 0."""
+    A = onnx.AttributeProto
+    b = _Body()
+    b.const("zero_f", np.array(0.0, np.float32))
+    b.const("minus_inf", np.array(-np.inf, np.float32))
+    b.attr_const("relu_t", "relu")
+    b.add("Conv", ["X", "W", "B"], "conv", refs=[("kernel_shape", A.INTS), ("strides", A.INTS),
+                                                 ("pads", A.INTS), ("dilations", A.INTS), ("group", A.INT)])
+    b.add("Cast", ["relu_t"], "relu_b", to=TensorProto.BOOL)
+    b.add("Where", ["relu_b", "zero_f", "minus_inf"], "floor")
+    b.add("Max", ["conv", "floor"], "floored")
+    b.add("IsNaN", ["conv"], "is_nan")
+    b.add("Where", ["is_nan", "conv", "floored"], "y_float")
+    b.add(BINARIZE, ["y_float", "threshold"], "Y", domain=DOMAIN)
+    return _function(CONV_BINARIZE, ["X", "W", "B", "threshold"], ["Y"], b, opset, ["kernel_shape"],
+                     _conv_defaults(), "Conv, ReLU by Max with 0 or -inf, then Binarize")
+
+
+def avg_pool_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::AvgPoolBinarize` = Binarize(AveragePool(X), threshold): ONNX AveragePool with
+    the call's kernel_shape, strides and pads and count_include_pad=1 (zero padding counts in
+    the divisor, the only variant the op has), then Binarize. NaN in a window: NaN, bit 0."""
+    A = onnx.AttributeProto
+    b = _Body()
+    b.add("AveragePool", ["X"], "pooled", refs=[("kernel_shape", A.INTS), ("strides", A.INTS),
+                                                ("pads", A.INTS)], count_include_pad=1)
+    b.add(BINARIZE, ["pooled", "threshold"], "Y", domain=DOMAIN)
+    return _function(AVG_POOL_BINARIZE, ["X", "threshold"], ["Y"], b, opset, ["kernel_shape"],
+                     [helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0])],
+                     "AveragePool (count_include_pad=1), then Binarize")
+
+
+_FUNCTIONS = {OP_NAME: xnor_conv_function, BINARIZE: binarize_function,
+              CONV_BITS: xnor_conv_bits_function, CONV_BITS_BINARIZE: xnor_conv_bits_binarize_function,
+              BIT_MAX_POOL: bit_max_pool_function, CONV_BINARIZE: conv_binarize_function,
+              AVG_POOL_BINARIZE: avg_pool_binarize_function}
+_CALLS = {CONV_BITS: (OP_NAME,), CONV_BITS_BINARIZE: (CONV_BITS, BINARIZE),
+          CONV_BINARIZE: (BINARIZE,), AVG_POOL_BINARIZE: (BINARIZE,)}  # nested calls
+
+
+def functions_for(op_types: Iterable[str], opset: int = DEFAULT_OPSET) -> list[onnx.FunctionProto]:
+    """The model-local functions that nodes of `op_types` (xnorpipe domain) need, callees
+    included, in a fixed order."""
+    need: set[str] = set()
+    todo = [op for op in op_types if op in _FUNCTIONS]
+    while todo:
+        op = todo.pop()
+        if op not in need:
+            need.add(op)
+            todo.extend(_CALLS.get(op, ()))
+    return [_FUNCTIONS[op](opset) for op in _FUNCTIONS if op in need]
+
+
 # ------------------------------------------------------------------------------ emission
 
 
@@ -178,23 +407,130 @@ def _conv_attrs(layer) -> dict:
                 pads=list(layer.pads), dilations=list(layer.dilations), group=int(layer.group))
 
 
+def _bits_conv_attrs(layer: ir.BinaryConv) -> dict:
+    return dict(relu=int(layer.relu), channels=int(layer.in_channels), **_conv_attrs(layer))
+
+
+def _pool_attrs(pool: ir.MaxPool | ir.AvgPool) -> dict:
+    return dict(kernel_shape=list(pool.kernel_shape), strides=list(pool.strides), pads=list(pool.pads))
+
+
+def can_read_bits(layer: ir.BinaryConv) -> bool:
+    """Grouped layers read bits only when each group's channels are whole words."""
+    return layer.group == 1 or (layer.in_channels // layer.group) % WORD_BITS == 0
+
+
+def _check_reads_bits(layer: ir.BinaryConv) -> None:
+    if not can_read_bits(layer):
+        raise XnorpipeError(f"a binary layer with group {layer.group} and {layer.in_channels} channels "
+                            f"cannot read bits: needs (channels / group) % {WORD_BITS} == 0")
+
+
+def _pool_on_bits(pool: ir.MaxPool | ir.AvgPool) -> bool:
+    """BitMaxPool and AvgPoolBinarize need an in-image tap in every window: pads < kernel
+    (ONNX's pooling requires it too)."""
+    top, left, bottom, right = pool.pads
+    kh, kw = pool.kernel_shape
+    return max(top, bottom) < kh and max(left, right) < kw
+
+
+def bit_links(model: ir.DeployModel) -> dict[int, int]:
+    """producer -> consumer layer indices of the binary layers that pass bits (packed-bits).
+
+    A consumer is the next binary layer, directly or through one MaxPool, that can read bits.
+    The producer must be able to read bits too: no binary op takes float in and gives bits
+    out, so a producer with a float input reads it through `Binarize` (or gets its bits from
+    `ConvBinarize` after a group-1 float conv, `conv_binarize_links`, or from
+    `AvgPoolBinarize` after an AveragePool, `avg_pool_binarize_links`).
+    """
+    layers = model.layers
+    links = {}
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, ir.BinaryConv) or not can_read_bits(layer):
+            continue
+        j = i + 1
+        if j < len(layers) and isinstance(layers[j], ir.MaxPool) and _pool_on_bits(layers[j]):
+            j += 1
+        if j < len(layers) and isinstance(layers[j], ir.BinaryConv) and can_read_bits(layers[j]):
+            links[i] = j
+    return links
+
+
+def _feeds_bit_reader(model: ir.DeployModel, i: int) -> bool:
+    nxt = model.layers[i + 1] if i + 1 < len(model.layers) else None
+    return isinstance(nxt, ir.BinaryConv) and can_read_bits(nxt)
+
+
+def conv_binarize_links(model: ir.DeployModel) -> dict[int, int]:
+    """float conv -> binary layer indices fused into `ConvBinarize` (packed-bits).
+
+    A FloatConv with group 1 (the custom-op library's fast kernels) whose output feeds directly
+    a binary layer that can read bits writes that layer's bits itself, instead of Conv (+ Relu)
+    written as floats and binarized by the next layer. The binary layer then reads bits even
+    when it writes floats (`XnorConv2dBits`).
+    """
+    return {i: i + 1 for i, layer in enumerate(model.layers)
+            if isinstance(layer, ir.FloatConv) and layer.group == 1 and _feeds_bit_reader(model, i)}
+
+
+def avg_pool_binarize_links(model: ir.DeployModel) -> dict[int, int]:
+    """average pool -> binary layer indices fused into `AvgPoolBinarize` (packed-bits).
+
+    An AvgPool whose output feeds directly a binary layer that can read bits writes that
+    layer's bits itself, instead of AveragePool + the layer's own binarization; only with
+    pads < kernel on each side (`AvgPoolBinarize`'s requirement, and ONNX AveragePool's).
+    """
+    return {i: i + 1 for i, layer in enumerate(model.layers)
+            if isinstance(layer, ir.AvgPool) and _pool_on_bits(layer) and _feeds_bit_reader(model, i)}
+
+
 def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
     x = INPUT_NAME
     shapes = layer_shapes(model)
+    links = bit_links(model) if form == "packed-bits" else {}
+    fused = conv_binarize_links(model) if form == "packed-bits" else {}
+    pool_fused = avg_pool_binarize_links(model) if form == "packed-bits" else {}
+    reads_bits = set(links) | set(links.values()) | set(fused.values()) | set(pool_fused.values())
+    bits = False  # does x hold bit-packed activations?
     conv_i = 0
     for i, layer in enumerate(model.layers):
+        if bits and not (isinstance(layer, ir.MaxPool) or (isinstance(layer, ir.BinaryConv) and i in reads_bits)):
+            raise XnorpipeError(f"internal error: bits reach a {type(layer).__name__} layer")
         if isinstance(layer, ir.FloatConv):
             tag = f"conv{conv_i}"
             conv_i += 1
             w = g.init(f"{tag}.weight", np.asarray(layer.weight, np.float32))
             b = g.init(f"{tag}.bias", np.asarray(layer.bias, np.float32))
+            if i in fused:  # Conv (+ Relu) + the consumer's Binarize, one node
+                consumer = model.layers[fused[i]]
+                thr = g.init(f"{tag}.output_threshold", np.asarray(consumer.threshold, np.float32))
+                x = g.node(CONV_BINARIZE, [x, w, b, thr], f"{tag}", domain=DOMAIN, relu=int(layer.relu),
+                           **_conv_attrs(layer))
+                bits = True
+                continue
             x = g.node("Conv", [x, w, b], f"{tag}", **_conv_attrs(layer))
             if layer.relu:
                 x = g.node("Relu", [x], f"{tag}.relu")
+        elif isinstance(layer, ir.BinaryConv) and i in reads_bits:
+            tag = f"conv{conv_i}"
+            conv_i += 1
+            if not bits:  # float in, bits out: binarize with the layer's own threshold
+                thr = g.init(f"{tag}.threshold", np.asarray(layer.threshold, np.float32))
+                x = g.node(BINARIZE, [x, thr], f"{tag}.binarize", domain=DOMAIN)
+            inputs = [x, g.init(f"{tag}.weight_bits", layer.weight_bits.astype(np.int32)),
+                      g.init(f"{tag}.scale", np.asarray(layer.scale, np.float32)),
+                      g.init(f"{tag}.bias", np.asarray(layer.bias, np.float32))]
+            op = CONV_BITS
+            if i in links:  # fuse the consumer's binarization
+                consumer = model.layers[links[i]]
+                inputs.append(g.init(f"{tag}.output_threshold", np.asarray(consumer.threshold, np.float32)))
+                op = CONV_BITS_BINARIZE
+            x = g.node(op, inputs, f"{tag}", domain=DOMAIN, **_bits_conv_attrs(layer))
+            bits = i in links
         elif isinstance(layer, ir.BinaryConv):
             tag = f"conv{conv_i}"
             conv_i += 1
-            if form == "packed":
+            if form in ("packed", "packed-bits"):
                 inputs = [x, g.init(f"{tag}.weight_bits", layer.weight_bits.astype(np.int32)),
                           g.init(f"{tag}.threshold", np.asarray(layer.threshold, np.float32)),
                           g.init(f"{tag}.scale", np.asarray(layer.scale, np.float32)),
@@ -217,8 +553,13 @@ def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
                 if layer.relu:
                     x = g.node("Relu", [x], f"{tag}.relu")
         elif isinstance(layer, ir.MaxPool):
-            x = g.node("MaxPool", [x], f"maxpool{i}", kernel_shape=list(layer.kernel_shape),
-                       strides=list(layer.strides), pads=list(layer.pads))
+            x = g.node(BIT_MAX_POOL if bits else "MaxPool", [x], f"maxpool{i}",
+                       domain=DOMAIN if bits else "", **_pool_attrs(layer))
+        elif isinstance(layer, ir.AvgPool) and i in pool_fused:  # + the consumer's Binarize
+            consumer = model.layers[pool_fused[i]]
+            thr = g.init(f"avgpool{i}.output_threshold", np.asarray(consumer.threshold, np.float32))
+            x = g.node(AVG_POOL_BINARIZE, [x, thr], f"avgpool{i}", domain=DOMAIN, **_pool_attrs(layer))
+            bits = True
         elif isinstance(layer, ir.AvgPool):
             x = g.node("AveragePool", [x], f"avgpool{i}", kernel_shape=list(layer.kernel_shape),
                        strides=list(layer.strides), pads=list(layer.pads), count_include_pad=1)
@@ -234,6 +575,8 @@ def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
             x = g.node("Flatten", [x], f"flatten{i}", axis=1)
         else:
             raise XnorpipeError(f"unknown IR layer {type(layer).__name__}")
+    if bits:
+        raise XnorpipeError("internal error: the model's output is bits")
     return x
 
 
@@ -257,12 +600,12 @@ def metadata_props(model: ir.DeployModel, form: str) -> dict[str, str]:
 
 
 def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The IR as an ONNX model of the given form ("portable" or "packed")."""
+    """The IR as an ONNX model of the given form ("portable", "packed" or "packed-bits")."""
     if form not in FORMS:
         raise XnorpipeError(f"unknown ONNX form {form!r}; choose from {', '.join(FORMS)}")
     if opset < MIN_OPSET[form]:
         raise XnorpipeError(f"the {form} form needs opset >= {MIN_OPSET[form]}, got {opset}")
-    if form == "packed" and not has_binary_layers(model):
+    if form != "portable" and not has_binary_layers(model):
         raise XnorpipeError(f"{model.arch} has no binary layers: only the portable form exists")
     g = _GraphBuilder()
     g.name(INPUT_NAME)
@@ -281,10 +624,9 @@ def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> 
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *out_shape])],
         g.initializers)
     opsets = [helper.make_opsetid("", opset)]
-    functions = []
-    if form == "packed":
+    functions = functions_for({n.op_type for n in g.nodes if n.domain == DOMAIN}, opset)
+    if functions:
         opsets.append(helper.make_opsetid(DOMAIN, OP_VERSION))
-        functions.append(xnor_conv_function(opset))
     m = helper.make_model(graph, opset_imports=opsets, functions=functions, ir_version=IR_VERSION,
                           producer_name="xnorpipe", producer_version=__version__)
     helper.set_model_props(m, metadata_props(model, form))
@@ -297,25 +639,104 @@ def check_onnx(m: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
 
 
+def _one_node_model(node: onnx.NodeProto, x_type: int, x_shape, y_type: int, y_shape,
+                    inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+    """Input "X", output "Y", batch dim symbolic; carries exactly the functions the node needs."""
+    graph = helper.make_graph([node], node.op_type,
+                              [helper.make_tensor_value_info("X", x_type, [BATCH_DIM, *x_shape])],
+                              [helper.make_tensor_value_info("Y", y_type, [BATCH_DIM, *y_shape])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                   helper.make_opsetid(DOMAIN, OP_VERSION)],
+                             functions=functions_for([node.op_type], opset), ir_version=IR_VERSION)
+
+
+def _conv_output(layer: ir.BinaryConv, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    n, c, h, w = input_shape
+    return layer_shapes(ir.DeployModel(arch="op", layers=[layer], input_shape=(c, h, w)))[-1]
+
+
 def xnor_conv_model(layer: ir.BinaryConv, input_shape: Sequence[int],
                     opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """A one-node packed model (input "X" of `input_shape`, output "Y"): for op-level tests."""
     n, c, h, w = input_shape
-    probe = ir.DeployModel(arch="op", layers=[layer], input_shape=(c, h, w))
-    m_out, ho, wo = layer_shapes(probe)[-1]
     inits = [numpy_helper.from_array(layer.weight_bits.astype(np.int32), "W"),
              numpy_helper.from_array(np.asarray(layer.threshold, np.float32), "threshold"),
              numpy_helper.from_array(np.asarray(layer.scale, np.float32), "scale"),
              numpy_helper.from_array(np.asarray(layer.bias, np.float32), "bias")]
     node = helper.make_node(OP_NAME, ["X", "W", "threshold", "scale", "bias"], ["Y"], domain=DOMAIN,
                             relu=int(layer.relu), **_conv_attrs(layer))
-    graph = helper.make_graph([node], "xnor_conv",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [BATCH_DIM, c, h, w])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [BATCH_DIM, m_out, ho, wo])],
-                              inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                   helper.make_opsetid(DOMAIN, OP_VERSION)],
-                             functions=[xnor_conv_function(opset)], ir_version=IR_VERSION)
+    return _one_node_model(node, TensorProto.FLOAT, (c, h, w), TensorProto.FLOAT,
+                           _conv_output(layer, input_shape), inits, opset)
+
+
+def conv_binarize_model(layer: ir.FloatConv, threshold: np.ndarray, input_shape: Sequence[int],
+                        opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `ConvBinarize` node: X float `input_shape` (N, C, H, W) -> Y bits int32
+    [N, ceil(M/32), Ho, Wo], with the layer's weight, bias and attributes and `threshold` [M]."""
+    n, c, h, w = input_shape
+    m, ho, wo = layer_shapes(ir.DeployModel(arch="op", layers=[layer], input_shape=(c, h, w)))[-1]
+    inits = [numpy_helper.from_array(np.asarray(layer.weight, np.float32), "W"),
+             numpy_helper.from_array(np.asarray(layer.bias, np.float32).reshape(m), "B"),
+             numpy_helper.from_array(np.asarray(threshold, np.float32).reshape(m), "threshold")]
+    node = helper.make_node(CONV_BINARIZE, ["X", "W", "B", "threshold"], ["Y"], domain=DOMAIN,
+                            relu=int(layer.relu), **_conv_attrs(layer))
+    return _one_node_model(node, TensorProto.FLOAT, (c, h, w), TensorProto.INT32,
+                           (num_words(m), ho, wo), inits, opset)
+
+
+def avg_pool_binarize_model(pool: ir.AvgPool, threshold: np.ndarray, input_shape: Sequence[int],
+                            opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `AvgPoolBinarize` node: X float `input_shape` (N, C, H, W) -> Y bits int32
+    [N, ceil(C/32), Ho, Wo], with the pool's attributes and `threshold` [C]."""
+    n, c, h, w = input_shape
+    _, ho, wo = layer_shapes(ir.DeployModel(arch="op", layers=[pool], input_shape=(c, h, w)))[-1]
+    inits = [numpy_helper.from_array(np.asarray(threshold, np.float32).reshape(c), "threshold")]
+    node = helper.make_node(AVG_POOL_BINARIZE, ["X", "threshold"], ["Y"], domain=DOMAIN, **_pool_attrs(pool))
+    return _one_node_model(node, TensorProto.FLOAT, (c, h, w), TensorProto.INT32,
+                           (num_words(c), ho, wo), inits, opset)
+
+
+def binarize_model(threshold: np.ndarray, input_shape: Sequence[int],
+                   opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `Binarize` node: X float [N, C, H, W] -> Y bits int32 [N, ceil(C/32), H, W]."""
+    n, c, h, w = input_shape
+    node = helper.make_node(BINARIZE, ["X", "threshold"], ["Y"], domain=DOMAIN)
+    inits = [numpy_helper.from_array(np.asarray(threshold, np.float32).reshape(c), "threshold")]
+    return _one_node_model(node, TensorProto.FLOAT, (c, h, w), TensorProto.INT32,
+                           (num_words(c), h, w), inits, opset)
+
+
+def xnor_conv_bits_model(layer: ir.BinaryConv, input_shape: Sequence[int],
+                         output_threshold: np.ndarray | None = None,
+                         opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `XnorConv2dBits` node (float Y), or `XnorConv2dBitsBinarize` (bits Y) when
+    `output_threshold` is given. `input_shape` is the float shape (N, C, H, W); X is its bits,
+    int32 [N, ceil(C/32), H, W]. The layer's own threshold is not used (its input is bits)."""
+    n, c, h, w = input_shape
+    _check_reads_bits(layer)
+    m, ho, wo = _conv_output(layer, input_shape)
+    inits = [numpy_helper.from_array(layer.weight_bits.astype(np.int32), "W"),
+             numpy_helper.from_array(np.asarray(layer.scale, np.float32), "scale"),
+             numpy_helper.from_array(np.asarray(layer.bias, np.float32), "bias")]
+    inputs = ["X", "W", "scale", "bias"]
+    op, y_type, y_shape = CONV_BITS, TensorProto.FLOAT, (m, ho, wo)
+    if output_threshold is not None:
+        inits.append(numpy_helper.from_array(np.asarray(output_threshold, np.float32).reshape(m),
+                                             "output_threshold"))
+        inputs.append("output_threshold")
+        op, y_type, y_shape = CONV_BITS_BINARIZE, TensorProto.INT32, (num_words(m), ho, wo)
+    node = helper.make_node(op, inputs, ["Y"], domain=DOMAIN, **_bits_conv_attrs(layer))
+    return _one_node_model(node, TensorProto.INT32, (num_words(c), h, w), y_type, y_shape, inits, opset)
+
+
+def bit_max_pool_model(pool: ir.MaxPool, input_shape: Sequence[int],
+                       opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `BitMaxPool` node; `input_shape` is the unpacked (N, C, H, W), X its int32 bits."""
+    n, c, h, w = input_shape
+    _, ho, wo = layer_shapes(ir.DeployModel(arch="op", layers=[pool], input_shape=(c, h, w)))[-1]
+    node = helper.make_node(BIT_MAX_POOL, ["X"], ["Y"], domain=DOMAIN, **_pool_attrs(pool))
+    return _one_node_model(node, TensorProto.INT32, (num_words(c), h, w), TensorProto.INT32,
+                           (num_words(c), ho, wo), [], opset)
 
 
 # ----------------------------------------------------------------------------- to files
@@ -326,29 +747,34 @@ class ExportedFile:
     form: str
     path: Path
     size_bytes: int
-    custom_nodes: int  # xnorpipe::XnorConv2d nodes
+    custom_nodes: int  # XnorConv2d-family nodes (XnorConv2d, XnorConv2dBits, XnorConv2dBitsBinarize)
     float_weight_bytes: int  # float32 initializers
     packed_weight_bytes: int  # int32 bit-word initializers
+    bit_nodes: int = 0  # Binarize, ConvBinarize, BitMaxPool and AvgPoolBinarize nodes (packed-bits)
 
 
 def _summarise(form: str, path: Path, m: onnx.ModelProto) -> ExportedFile:
     float_bytes = sum(len(t.raw_data) for t in m.graph.initializer if t.data_type == TensorProto.FLOAT)
     packed_bytes = sum(len(t.raw_data) for t in m.graph.initializer if t.data_type == TensorProto.INT32)
-    custom = sum(1 for node in m.graph.node if node.domain == DOMAIN)
-    return ExportedFile(form, path, path.stat().st_size, custom, float_bytes, packed_bytes)
+    return ExportedFile(form, path, path.stat().st_size, count_custom_nodes(m), float_bytes, packed_bytes,
+                        count_bit_nodes(m))
+
+
+# --form values beyond the forms themselves; "both" (portable and packed) predates packed-bits
+FORM_SETS = {"all": FORMS, "both": ("portable", "packed")}
 
 
 def resolve_forms(model: ir.DeployModel, form: str) -> tuple[list[str], str | None]:
-    """`portable|packed|both` -> forms to write and a note (float arch asked for both)."""
-    if form == "both":
+    """A form, `all` or `both` -> forms to write and a note (float arch asked for several)."""
+    if form in FORM_SETS:
         if has_binary_layers(model):
-            return list(FORMS), None
+            return list(FORM_SETS[form]), None
         return ["portable"], f"{model.arch} is a float arch: only the portable form is written"
     if form not in FORMS:
-        raise XnorpipeError(f"unknown ONNX form {form!r}; choose portable, packed or both")
-    if form == "packed" and not has_binary_layers(model):
+        raise XnorpipeError(f"unknown ONNX form {form!r}; choose {', '.join(FORMS)} or all")
+    if form != "portable" and not has_binary_layers(model):
         raise XnorpipeError(f"{model.arch} is a float arch (no binary layers): "
-                            "the packed form does not exist, use --form portable")
+                            f"the {form} form does not exist, use --form portable")
     return [form], None
 
 
@@ -406,4 +832,21 @@ def model_metadata(m: onnx.ModelProto) -> dict[str, str]:
 
 
 def count_custom_nodes(m: onnx.ModelProto) -> int:
-    return sum(1 for node in m.graph.node if node.domain == DOMAIN and node.op_type == OP_NAME)
+    """XnorConv2d-family nodes: XnorConv2d, XnorConv2dBits, XnorConv2dBitsBinarize."""
+    return sum(1 for node in m.graph.node if node.domain == DOMAIN and node.op_type in CONV_OPS)
+
+
+def count_bit_nodes(m: onnx.ModelProto) -> int:
+    """Binarize, ConvBinarize, BitMaxPool and AvgPoolBinarize nodes (the packed-bits form's ops
+    outside the XnorConv2d family)."""
+    return sum(1 for node in m.graph.node if node.domain == DOMAIN and node.op_type in BIT_OPS)
+
+
+def model_form(m: onnx.ModelProto) -> str | None:
+    """The form an xnorpipe export declares in its metadata (None for a foreign file)."""
+    return model_metadata(m).get("xnorpipe.form")
+
+
+def custom_op_types(m: onnx.ModelProto) -> list[str]:
+    """Sorted op types of the model's xnorpipe-domain nodes."""
+    return sorted({node.op_type for node in m.graph.node if node.domain == DOMAIN})

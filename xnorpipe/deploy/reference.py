@@ -1,8 +1,12 @@
-"""Reference of the `xnorpipe::XnorConv2d` v1 contract (shared/docs/XNORCONV2D.md) in PyTorch.
+"""Reference of the `xnorpipe::XnorConv2d` v1 contract (shared/docs/XNORCONV2D.md) in PyTorch,
+and of the `packed-bits` form's bit-activation ops in NumPy.
 
 Slow and obviously right: every runtime (ONNX function, C++ and CUDA kernels) is tested
 bit-exactly against it. The integer tap sum is computed exactly in float64, then
 `scale * sum + bias` in float32 as two separate roundings (kernels must not fuse them).
+The float ops, `ConvBinarize` (`conv_binarize`) and `AvgPoolBinarize` (`avg_pool_binarize`),
+have no bit-exact float32 answer (every runtime sums in its own order): their oracle is the
+real-number result, computed in float64.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xnorpipe.deploy.packing import unpack_weights
+from xnorpipe.deploy.packing import WORD_BITS, unpack_weights
 
 
 def binarize_input(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -70,3 +74,185 @@ def xnor_conv2d(
                            torch.as_tensor(scale, dtype=torch.float32),
                            torch.as_tensor(bias, dtype=torch.float32), strides=strides, pads=pads,
                            dilations=dilations, group=group, relu=relu)
+
+
+# ------------------------------------------------------------ bit-packed activations (NumPy)
+# The `packed-bits` form's tensors: int32 [N, ceil(C/32), H, W], bit k of word q = channel
+# 32*q + k, set = +1. These are the oracle of the native kernels' tests: keep them plain.
+
+
+def _words(channels: int) -> int:
+    return (channels + WORD_BITS - 1) // WORD_BITS
+
+
+def binarize_bits(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """float [N, C, H, W] -> int32 [N, ceil(C/32), H, W]: bit = x >= threshold[c] (NaN: 0)."""
+    return _compare_and_pack(np.asarray(x, dtype=np.float32), threshold)
+
+
+def _compare_and_pack(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """x >= threshold[c] (float32 threshold, compared in x's dtype; NaN: 0), packed to words."""
+    threshold = np.asarray(threshold, dtype=np.float32)
+    n, c, h, w = x.shape
+    if threshold.shape != (c,):
+        raise ValueError(f"threshold must be [{c}], got {list(threshold.shape)}")
+    with np.errstate(invalid="ignore"):
+        bits = x >= threshold.astype(x.dtype).reshape(1, c, 1, 1)
+    nw = _words(c)
+    padded = np.zeros((n, nw * WORD_BITS, h, w), dtype=np.uint64)
+    padded[:, :c] = bits  # bits past C are 0
+    weights = (np.uint64(1) << np.arange(WORD_BITS, dtype=np.uint64)).reshape(1, 1, WORD_BITS, 1, 1)
+    words = (padded.reshape(n, nw, WORD_BITS, h, w) * weights).sum(axis=2, dtype=np.uint64)
+    return words.astype(np.uint32).view(np.int32)
+
+
+def unpack_activation_bits(xp: np.ndarray, channels: int) -> np.ndarray:
+    """int32 [N, ceil(C/32), H, W] -> float32 +-1 [N, C, H, W]; bits past C are ignored."""
+    xp = np.asarray(xp)
+    if xp.dtype != np.int32 or xp.ndim != 4:
+        raise ValueError(f"activation bits must be int32 [N, words, H, W], got {xp.dtype} {xp.shape}")
+    if xp.shape[1] != _words(channels):
+        raise ValueError(f"{xp.shape[1]} words cannot hold {channels} channels")
+    n, nw, h, w = xp.shape
+    u = xp.view(np.uint32).astype(np.uint64)[:, :, None]
+    bits = (u >> np.arange(WORD_BITS, dtype=np.uint64).reshape(1, 1, WORD_BITS, 1, 1)) & np.uint64(1)
+    bits = bits.reshape(n, nw * WORD_BITS, h, w)[:, :channels]
+    return (bits.astype(np.float32) * 2 - 1).copy()
+
+
+def bit_max_pool(xp: np.ndarray, kernel_shape: Sequence[int], strides: Sequence[int],
+                 pads: Sequence[int] = (0, 0, 0, 0)) -> np.ndarray:
+    """int32 bits -> int32 bits: word-wise OR over each window's in-image taps (ONNX MaxPool
+    geometry, floor mode; pads are [top, left, bottom, right]). A window without an in-image
+    tap gives 0."""
+    xp = np.asarray(xp)
+    if xp.dtype != np.int32 or xp.ndim != 4:
+        raise ValueError(f"activation bits must be int32 [N, words, H, W], got {xp.dtype} {xp.shape}")
+    (kh, kw), (sh, sw) = kernel_shape, strides
+    top, left, bottom, right = pads
+    n, nw, h, w = xp.shape
+    ho = (h + top + bottom - kh) // sh + 1
+    wo = (w + left + right - kw) // sw + 1
+    padded = np.zeros((n, nw, h + top + bottom, w + left + right), dtype=np.uint32)  # 0: OR identity
+    padded[:, :, top:top + h, left:left + w] = xp.view(np.uint32)
+    out = np.zeros((n, nw, ho, wo), dtype=np.uint32)
+    for i in range(kh):
+        for j in range(kw):
+            out |= padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return out.view(np.int32)
+
+
+def xnor_conv2d_bits(
+    xp: np.ndarray,
+    channels: int,
+    w_packed: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    *,
+    output_threshold: np.ndarray | None = None,
+    **attrs,
+) -> np.ndarray:
+    """`XnorConv2dBits` (float32 out) or, with `output_threshold`, `XnorConv2dBitsBinarize`
+    (int32 bits out): `XnorConv2d` on the unpacked +-1 input (threshold 0: +1 >= 0 > -1)."""
+    x = torch.from_numpy(unpack_activation_bits(xp, channels))
+    y = xnor_conv2d(x, w_packed, torch.zeros(channels), torch.as_tensor(scale, dtype=torch.float32),
+                    torch.as_tensor(bias, dtype=torch.float32), **attrs).numpy()
+    return y if output_threshold is None else binarize_bits(y, output_threshold)
+
+
+def float_conv2d64(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
+    """ONNX Conv (zero padding, pads [top, left, bottom, right]) + bias, then ReLU if `relu`
+    (NaN stays NaN), in float64 on the float32 values: float64 [N, M, Ho, Wo].
+
+    Every product of two float32 values is exact in float64 and the sums round ~2**29 times
+    finer than float32's, so this is the real-number result for any float32 runtime's purposes.
+    """
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32)).double()
+    wt = torch.from_numpy(np.asarray(weight, dtype=np.float32)).double()
+    bt = torch.from_numpy(np.asarray(bias, dtype=np.float32)).double()
+    top, left, bottom, right = pads
+    xt = F.pad(xt, (left, right, top, bottom))  # zeros, as ONNX Conv pads
+    y = F.conv2d(xt, wt, bt, stride=tuple(strides), dilation=tuple(dilations), groups=group)
+    if relu:
+        y = torch.where(y < 0, torch.zeros_like(y), y)  # NaN < 0 is false: NaN stays NaN
+    return y.numpy()
+
+
+def conv_binarize(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    threshold: np.ndarray,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
+    """`xnorpipe::ConvBinarize`: X float [N, C, H, W], W [M, C/group, kH, kW], B [M],
+    threshold [M] -> int32 bits [N, ceil(M/32), Ho, Wo]; bit m = relu?(Conv(X, W, B))[m] >=
+    threshold[m] (NaN: 0; bits past M: 0).
+
+    The exact real-number answer (float64, see `float_conv2d64`), not a float32 one: runtimes
+    sum in their own order, so they agree with it everywhere except where y lies within float32
+    rounding of the threshold (tests compare outside a margin of a few ulps of sum |terms|).
+    """
+    y = float_conv2d64(x, weight, bias, strides=strides, pads=pads, dilations=dilations, group=group,
+                       relu=relu)
+    return _compare_and_pack(y, threshold)
+
+
+def avg_pool2d64(
+    x: np.ndarray,
+    *,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int] = (0, 0, 0, 0),
+) -> np.ndarray:
+    """ONNX AveragePool with count_include_pad=1 (zero padding counts in the divisor
+    kH * kW), floor mode, pads [top, left, bottom, right], in float64 on the float32 values:
+    float64 [N, C, Ho, Wo]. NaN in a window gives NaN (and +inf with -inf)."""
+    (kh, kw), (sh, sw) = kernel_shape, strides
+    top, left, bottom, right = pads
+    n, c, h, w = np.shape(x)
+    xt = np.zeros((n, c, h + top + bottom, w + left + right), dtype=np.float64)
+    xt[:, :, top:top + h, left:left + w] = np.asarray(x, dtype=np.float32)
+    ho = (h + top + bottom - kh) // sh + 1
+    wo = (w + left + right - kw) // sw + 1
+    s = np.zeros((n, c, ho, wo), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        for i in range(kh):
+            for j in range(kw):
+                s += xt[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return s / (kh * kw)
+
+
+def avg_pool_binarize(
+    x: np.ndarray,
+    threshold: np.ndarray,
+    *,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int] = (0, 0, 0, 0),
+) -> np.ndarray:
+    """`xnorpipe::AvgPoolBinarize`: X float [N, C, H, W], threshold [C] -> int32 bits
+    [N, ceil(C/32), Ho, Wo]; bit c = AveragePool(X)[c] >= threshold[c] (count_include_pad=1;
+    NaN: 0; bits past C: 0).
+
+    The real-number answer for any float32 runtime's purposes (float64 sums of kH * kW float32
+    values and one division, ~2**29 times finer than float32), like `conv_binarize`: runtimes
+    agree with it except where the average lies within float32 rounding of the threshold.
+    """
+    y = avg_pool2d64(x, kernel_shape=kernel_shape, strides=strides, pads=pads)
+    return _compare_and_pack(y, threshold)

@@ -62,6 +62,17 @@ def require_plugin_api(trt) -> None:
                             "plugins); use the portable ONNX") from None
 
 
+def refuse_bit_ops(model, path: str | os.PathLike) -> None:
+    """TensorRT's plugin implements XnorConv2d only: a model with any other xnorpipe op (the
+    packed-bits form) gets a one-line error before TensorRT is even imported."""
+    from xnorpipe.deploy.onnx_export import OP_NAME, custom_op_types
+
+    others = [op for op in custom_op_types(model) if op != OP_NAME]
+    if others:
+        raise XnorpipeError(f"{path} uses bit-packed activations ({', '.join('xnorpipe::' + op for op in others)}): "
+                            "the TensorRT plugin implements XnorConv2d only; export --form packed for TensorRT")
+
+
 # The contract's attribute defaults: the plugin receives every attribute explicitly.
 ATTR_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
 
@@ -98,6 +109,7 @@ class BuildResult:
     trt_version: str
     seconds: float
     fp16: bool = False
+    form: str | None = None  # xnorpipe.form of the ONNX file
     warnings: list[str] = field(default_factory=list)
 
 
@@ -110,11 +122,12 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
     Batch profile: min 1, opt `opt_batch`, max `max_batch` when the ONNX batch is dynamic.
     The timing cache, when given, is read if it exists and written back atomically.
     """
-    from xnorpipe.deploy.onnx_export import load_onnx
+    from xnorpipe.deploy.onnx_export import load_onnx, model_metadata
     from xnorpipe.utils import atomic_write_bytes
 
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)  # one-line errors for missing/corrupt files
+    refuse_bit_ops(model, onnx_path)
     trt = import_tensorrt()
     require_gpu("building a TensorRT engine")
     plugin_nodes = prepare_onnx(model)
@@ -171,4 +184,5 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return BuildResult(engine=engine, plugin_nodes=plugin_nodes, plugin_layers=plugin_layers,
                        input_name=inp.name, profile=profile_batch, trt_version=trt.__version__,
-                       seconds=time.perf_counter() - t0, fp16=fp16)
+                       seconds=time.perf_counter() - t0, fp16=fp16,
+                       form=model_metadata(model).get("xnorpipe.form"))

@@ -1,9 +1,11 @@
 """ONNX Runtime engines (CPU): `ort` (stock ORT, any form) and `ort-xnor` (the custom-op library).
 
-`ort` runs a portable model as is and a packed model through its XnorConv2d function body.
-`ort-xnor` registers `libxnorpipe_ort.so` so XnorConv2d nodes run on the bitwise kernels; it
-refuses a model without XnorConv2d nodes, since its numbers would then silently be stock ORT's.
-Sources: `onnx_path`, or a DeployModel (`model`), emitted in memory in the engine's form.
+`ort` runs a portable model as is and a packed or packed-bits model through its model-local
+function bodies: it is the stock baseline. `ort-xnor` registers `libxnorpipe_ort.so` so the
+xnorpipe ops run on the bitwise kernels; it refuses a model without XnorConv2d-family nodes,
+since its numbers would then silently be stock ORT's.
+Sources: `onnx_path`, or a DeployModel (`model`), emitted in memory in the engine's form
+(`ort`: portable; `ort-xnor`: packed-bits, or `form="packed"`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,22 @@ def _first_line(e: Exception) -> str:
 class OrtEngine(Engine):
     name = "ort"
     form = "portable"  # the form emitted when given a DeployModel instead of a file
+    forms: tuple[str, ...] = ("portable",)  # forms `form=` may pick
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
-                 batch_size: int = 1, optimization: str = "all", **options: Any) -> None:
+                 batch_size: int = 1, optimization: str = "all", form: str | None = None,
+                 **options: Any) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise XnorpipeError(f"engine {self.name}: onnxruntime is not installed") from None
         from xnorpipe.deploy import onnx_export
 
+        if form is not None:
+            if form not in self.forms:
+                raise XnorpipeError(f"engine {self.name} emits the {' or '.join(self.forms)} form, "
+                                    f"not {form!r}")
+            self.form = form
         if onnx_path is not None:
             proto = onnx_export.load_onnx(onnx_path)
             source = str(onnx_path)
@@ -43,7 +52,9 @@ class OrtEngine(Engine):
         else:
             raise XnorpipeError(f"engine {self.name} needs an ONNX file or a model")
         self.custom_nodes = onnx_export.count_custom_nodes(proto)
+        self.op_types = onnx_export.custom_op_types(proto)
         self.metadata = onnx_export.model_metadata(proto)
+        self.model_form = self.metadata.get("xnorpipe.form")  # the form actually run (None: foreign file)
         self.source = source
         self._check_model()
         so = ort.SessionOptions()
@@ -56,6 +67,7 @@ class OrtEngine(Engine):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
+        self._configure(so)
         self.library = self._register(so)
         self.threads = threads
         try:
@@ -74,13 +86,16 @@ class OrtEngine(Engine):
     def _register(self, so) -> str | None:
         return None
 
+    def _configure(self, so) -> None:
+        pass
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
     def describe(self) -> dict[str, Any]:
         d = {"engine": self.name, "runtime": f"onnxruntime {self._ort_version}",
-             "provider": "CPUExecutionProvider", "model": self.source,
+             "provider": "CPUExecutionProvider", "model": self.source, "form": self.model_form,
              "xnor_nodes": self.custom_nodes, "threads": self.threads}
         if self.library:
             d["library"] = self.library
@@ -89,12 +104,18 @@ class OrtEngine(Engine):
 
 class OrtXnorEngine(OrtEngine):
     name = "ort-xnor"
-    form = "packed"
+    form = "packed-bits"
+    forms = ("packed", "packed-bits")
 
     def _check_model(self) -> None:
         if self.custom_nodes == 0:
-            raise XnorpipeError(f"engine ort-xnor needs a packed model (xnorpipe::XnorConv2d nodes); "
-                                f"{self.source} has none: use --engine ort for it")
+            raise XnorpipeError(f"engine ort-xnor needs a packed or packed-bits model (xnorpipe::XnorConv2d "
+                                f"nodes); {self.source} has none: use --engine ort for it")
+
+    def _configure(self, so) -> None:
+        # NCHWc would put a ReorderOutput between the first float conv and the custom ops
+        # (measured: batch 1 and 64 both faster without it).
+        so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
 
     def _register(self, so) -> str:
         from xnorpipe.native import ort_library_path
@@ -104,4 +125,55 @@ class OrtXnorEngine(OrtEngine):
             so.register_custom_ops_library(library)
         except Exception as e:
             raise XnorpipeError(f"engine ort-xnor: cannot load {Path(library).name}: {_first_line(e)}") from None
+        # ORT silently runs the function body of an op the library lacks: refuse instead.
+        missing = [op for op in self.op_types if not _library_implements(library, op)]
+        if missing:
+            raise XnorpipeError(f"engine ort-xnor: {Path(library).name} does not implement "
+                                f"{', '.join('xnorpipe::' + op for op in missing)} (an older build?): "
+                                "rebuild it, or run the packed form (--xnor-form packed)")
         return library
+
+
+_IMPLEMENTS: dict[tuple[str, int, str], bool] = {}
+
+
+def _library_implements(library: str, op_type: str) -> bool:
+    """Does the custom-op library have a kernel for `op_type`? A one-node model without its
+    function body loads only if it does (cached per library file, its mtime and op)."""
+    key = (library, Path(library).stat().st_mtime_ns, op_type)
+    if key not in _IMPLEMENTS:
+        import onnxruntime as ort
+
+        from xnorpipe.deploy import ir, onnx_export
+        from xnorpipe.deploy.packing import pack_weights
+
+        c = 32
+        layer = ir.BinaryConv(weight_bits=pack_weights(np.ones((1, c, 1, 1), bool)),
+                              threshold=np.zeros(c, np.float32), scale=np.ones(1, np.float32),
+                              bias=np.zeros(1, np.float32), kernel_shape=(1, 1))
+        shape = (1, c, 1, 1)
+        probes = {onnx_export.OP_NAME: lambda: onnx_export.xnor_conv_model(layer, shape),
+                  onnx_export.BINARIZE: lambda: onnx_export.binarize_model(layer.threshold, shape),
+                  onnx_export.CONV_BITS: lambda: onnx_export.xnor_conv_bits_model(layer, shape),
+                  onnx_export.CONV_BITS_BINARIZE: lambda: onnx_export.xnor_conv_bits_model(
+                      layer, shape, output_threshold=np.zeros(1, np.float32)),
+                  onnx_export.BIT_MAX_POOL: lambda: onnx_export.bit_max_pool_model(
+                      ir.MaxPool((1, 1), (1, 1)), shape),
+                  onnx_export.CONV_BINARIZE: lambda: onnx_export.conv_binarize_model(
+                      ir.FloatConv(weight=np.ones((1, c, 1, 1), np.float32), bias=np.zeros(1, np.float32)),
+                      np.zeros(1, np.float32), shape),
+                  onnx_export.AVG_POOL_BINARIZE: lambda: onnx_export.avg_pool_binarize_model(
+                      ir.AvgPool((1, 1), (1, 1)), layer.threshold, shape)}
+        if op_type not in probes:
+            _IMPLEMENTS[key] = False
+        else:
+            m = probes[op_type]()
+            del m.functions[:]
+            so = ort.SessionOptions()
+            so.register_custom_ops_library(library)
+            try:
+                ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                _IMPLEMENTS[key] = True
+            except Exception:
+                _IMPLEMENTS[key] = False
+    return _IMPLEMENTS[key]

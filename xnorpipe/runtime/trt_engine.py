@@ -1,8 +1,9 @@
 """`trt` engine: TensorRT on a CUDA GPU.
 
 `onnx_path` is an ONNX export (built in memory: portable with stock layers, packed with the
-xnorpipe::XnorConv2d AOT plugin) or a serialized engine from `xnorpipe build-engine`
-(.engine / .plan). Device memory and the stream are PyTorch's. TensorRT is imported lazily.
+xnorpipe::XnorConv2d AOT plugin; packed-bits is refused: the plugin implements XnorConv2d
+only) or a serialized engine from `xnorpipe build-engine` (.engine / .plan). Device memory
+and the stream are PyTorch's. TensorRT is imported lazily.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class TrtEngine(Engine):
                  batch_size: int = 1, fp16: bool = False, max_batch: int | None = None,
                  workspace_mb: int | None = None, timing_cache: str | None = None,
                  **options: Any) -> None:
-        from xnorpipe.gpu.trt_build import build_serialized_engine, import_tensorrt, require_gpu
+        from xnorpipe.deploy.onnx_export import load_onnx
+        from xnorpipe.gpu.trt_build import (build_serialized_engine, import_tensorrt, refuse_bit_ops,
+                                            require_gpu)
 
         if onnx_path is None:
             raise XnorpipeError("the trt engine needs --onnx: an ONNX export or a serialized "
@@ -34,6 +37,8 @@ class TrtEngine(Engine):
         path = Path(onnx_path)
         if not path.is_file():
             raise XnorpipeError(f"file not found: {path}")
+        if path.suffix.lower() == ".onnx":
+            refuse_bit_ops(load_onnx(path), path)
         trt = import_tensorrt()
         require_gpu("the trt engine")
         import torch
@@ -114,5 +119,5 @@ class TrtEngine(Engine):
              "max_batch": self.max_batch}
         if self.built is not None:
             d.update(plugin_layers=self.built.plugin_layers, fp16=self.built.fp16,
-                     build_seconds=round(self.built.seconds, 1))
+                     build_seconds=round(self.built.seconds, 1), form=self.built.form)
         return d

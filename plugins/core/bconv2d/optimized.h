@@ -64,6 +64,12 @@ struct TileArgs {
   bool relu;
   float* out;                // Y[n][first filter of block], plane of Ho*Wo floats per filter
   int64_t out_plane;
+  int out_pixel_base = 0;    // pixel p goes to out[filter * out_plane + p - out_pixel_base]
+  // Bit output (tile_avx512 only, blocks starting at a multiple of 16 filters): instead of
+  // `out`, the 16 bits (y >= out_threshold) of pixel p go to out_bits16[2 * (p - out_pixel_base)],
+  // one half of that pixel's output word.
+  uint16_t* out_bits16 = nullptr;
+  const float* out_threshold = nullptr;  // [lanes] at this block (padded)
   int lanes_valid;           // real filters in this block
   int pix_begin, pix_end;    // flattened output pixels, pix_begin multiple of the tile size
 };
@@ -84,6 +90,15 @@ struct PointwiseArgs {
   int64_t out_plane;
   int filters_valid;
   int npx;
+  // Bit output instead of `out`: filter m's bit (y >= out_threshold[r]) is OR-ed into
+  // out_bits[(m / 32) * out_bits_stride + pixel], m = first_filter + r; rows hold >= round_up(npx, 16).
+  uint32_t* out_bits = nullptr;
+  int64_t out_bits_stride = 0;
+  const float* out_threshold = nullptr;  // [kPointwiseFilters] (padded)
+  int first_filter = 0;
+  // Optional, with out_bits: the bit as a popcount interval (PopcountIntervals), no float math.
+  const int32_t* out_pc_lo = nullptr;     // [kPointwiseFilters] (padded)
+  const uint32_t* out_pc_range = nullptr;
 };
 void pointwise_avx512(const PointwiseArgs& a);
 
@@ -93,6 +108,34 @@ void tile_avx512(const TileArgs& a);
 
 // Pixels per register tile (the pixel arrays are padded to a multiple of this).
 constexpr int kMaxTilePixels = 16;
+
+// What one call reads: float activations binarized with `threshold` (XnorConv2d), or the
+// contract's bit tensor [N][ceil(C/32)][H*W] (XnorConv2dBits*, packed-bits form).
+struct ConvInput {
+  const float* x = nullptr;
+  const float* threshold = nullptr;  // [C], with x
+  const uint32_t* bits = nullptr;
+};
+// The fused binarization of a layer without padding as integer intervals: every tap is valid,
+// so Y is a function of the xor popcount p in [0, valid] alone, and (y(p) >= threshold) holds on
+// an interval of p (y is monotone in p, float rounding included): bit = (p - lo) <= range,
+// unsigned. Built once per (scale, bias, threshold) by evaluating the float formula at every p;
+// `exact` is false if some filter's bits are not an interval (e.g. an infinite scale), and then
+// the float path is used.
+struct PopcountIntervals {
+  std::vector<int32_t> lo;     // [M]
+  std::vector<uint32_t> range;  // [M]
+  bool exact = true;
+};
+
+// What it writes: float Y [N][M][Ho*Wo], or Y binarized with `threshold` into bits
+// [N][ceil(M/32)][Ho*Wo] (XnorConv2dBitsBinarize: the next layer's binarization, fused).
+struct ConvOutput {
+  float* y = nullptr;
+  uint32_t* bits = nullptr;
+  const float* threshold = nullptr;  // [M], with bits
+  const PopcountIntervals* intervals = nullptr;  // optional, with bits (pointwise kernel)
+};
 
 class BConv2D {
  public:
@@ -107,7 +150,17 @@ class BConv2D {
 
   // x [N,C,H,W] -> y [N,M,Ho,Wo]. Caller checks that Ho, Wo >= 1 (std::invalid_argument otherwise).
   void run(const float* x, int n_batch, int in_h, int in_w, const PackedFilters& filters, const float* threshold,
-           const float* scale, const float* bias, float* y, const ParallelFor& parallel_for) const;
+           const float* scale, const float* bias, float* y, const ParallelFor& parallel_for) const {
+    run(ConvInput{x, threshold, nullptr}, n_batch, in_h, in_w, filters, scale, bias, ConvOutput{y, nullptr, nullptr},
+        parallel_for);
+  }
+  // With bit output and no padding (pointwise layers): the intervals for this layer's
+  // scale, bias and output threshold; empty if the layer has padding (valid counts vary).
+  PopcountIntervals popcount_intervals(const float* scale, const float* bias, const float* out_threshold) const;
+  // Any input and output kind. Bit input needs group == 1 or (C/group) % 32 == 0, so that
+  // group g's channels are whole words (std::invalid_argument otherwise).
+  void run(const ConvInput& in, int n_batch, int in_h, int in_w, const PackedFilters& filters, const float* scale,
+           const float* bias, const ConvOutput& out, const ParallelFor& parallel_for) const;
 
  private:
   BConv2DParams params_;

@@ -7,8 +7,10 @@
 #include <string>
 #include <thread>
 
+#include "core/bconv2d/binarize.h"
 #include "core/bconv2d/bitpack.h"
 #include "core/bconv2d/optimized.h"
+#include "core/bconv2d/output_transform.h"
 #include "core/bconv2d/reference.h"
 #include "core/bconv2d/zero_padding_correction.h"
 
@@ -89,8 +91,78 @@ PackedFilters BConv2D::pack_filters(const int32_t* w) const {
   return f;
 }
 
-void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedFilters& filters,
-                  const float* threshold, const float* scale, const float* bias, float* y,
+void binarize_rows(const float* x, int64_t x_stride, const float* threshold, int channels, int npx, uint32_t* out,
+                   int64_t out_stride, PopcountPath path) {
+  const int words = num_words(channels);
+  if (path == PopcountPath::kAvx512 && npx > 0) {
+    // The planar packer writes whole 16-pixel vectors: pack into a scratch row block, copy npx.
+    const int64_t stride = (npx + 15) / 16 * 16;
+    thread_local std::vector<uint32_t> tmp;
+    if (tmp.size() < size_t(words) * stride) tmp.resize(size_t(words) * stride);
+    pack_planar_avx512({x, x_stride, threshold, 1, channels, words, npx, tmp.data(), stride});
+    for (int q = 0; q < words; ++q) std::memcpy(out + q * out_stride, tmp.data() + q * stride, size_t(npx) * 4);
+    return;
+  }
+  for (int q = 0; q < words; ++q) {
+    uint32_t* o = out + q * out_stride;
+    std::memset(o, 0, size_t(npx) * 4);
+    const int count = std::min(kWordBits, channels - q * kWordBits);
+    for (int k = 0; k < count; ++k) {
+      const int c = q * kWordBits + k;
+      const float* src = x + c * x_stride;
+      const float thr = threshold[c];
+      for (int i = 0; i < npx; ++i) o[i] |= uint32_t(src[i] >= thr) << k;  // NaN -> 0
+    }
+  }
+}
+
+void binarize(const float* x, int n_batch, int channels, int64_t plane, const float* threshold, uint32_t* bits,
+              PopcountPath path, const ParallelFor& parallel_for) {
+  constexpr int kChunk = 512;
+  const int words = num_words(channels);
+  const int64_t chunks = (plane + kChunk - 1) / kChunk;
+  parallel_for(size_t(n_batch * chunks), [&](size_t item) {
+    const int64_t n = int64_t(item) / chunks, p0 = int64_t(item) % chunks * kChunk;
+    const int npx = int(std::min<int64_t>(kChunk, plane - p0));
+    binarize_rows(x + n * channels * plane + p0, plane, threshold, channels, npx, bits + n * words * plane + p0,
+                  plane, path);
+  });
+}
+
+PopcountIntervals BConv2D::popcount_intervals(const float* scale, const float* bias,
+                                              const float* out_threshold) const {
+  const BConv2DParams& p = params_;
+  PopcountIntervals iv;
+  if (p.pad_top || p.pad_left || p.pad_bottom || p.pad_right) {
+    iv.exact = false;
+    return iv;
+  }
+  const int valid = p.channels_per_group() * p.taps();
+  iv.lo.resize(p.filters);
+  iv.range.resize(p.filters);
+  for (int m = 0; m < p.filters && iv.exact; ++m) {
+    // The kernel's own arithmetic at every popcount; the set bits must be one interval.
+    int first = -1, last = -2;
+    for (int pc = 0; pc <= valid; ++pc) {
+      const float y = output_transform(xnor_sum(valid, pc), scale[m], bias[m], p.relu);
+      if (!(y >= out_threshold[m])) continue;  // NaN -> 0
+      if (first < 0) first = pc;
+      else if (last != pc - 1) iv.exact = false;
+      last = pc;
+    }
+    if (first < 0) {  // never set: an empty interval
+      iv.lo[m] = valid + 1;
+      iv.range[m] = 0;
+    } else {
+      iv.lo[m] = first;
+      iv.range[m] = uint32_t(last - first);
+    }
+  }
+  return iv;
+}
+
+void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const PackedFilters& filters,
+                  const float* scale, const float* bias, const ConvOutput& out,
                   const ParallelFor& parallel_for) const {
   const BConv2DParams& p = params_;
   if (n_batch < 0 || in_h < 1 || in_w < 1) throw std::invalid_argument("XnorConv2d: empty input image");
@@ -100,16 +172,51 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
                                 " <= 0 (input too small for kernel, dilation and pads)");
   if (filters.path != path_ || (path_ != PopcountPath::kReference && filters.words.empty()))
     throw std::invalid_argument("XnorConv2d: filters were packed for another popcount path");
+  if ((in.bits != nullptr) == (in.x != nullptr) || (in.x && !in.threshold))
+    throw std::invalid_argument("XnorConv2d: give either float input with thresholds or bits");
+  if ((out.bits != nullptr) == (out.y != nullptr) || (out.bits && !out.threshold))
+    throw std::invalid_argument("XnorConv2d: give either a float output or bits with thresholds");
+  if (in.bits && p.group > 1 && p.channels_per_group() % kWordBits)
+    throw std::invalid_argument("XnorConv2dBits: with group > 1 the channels per group must be a multiple of 32, got " +
+                                std::to_string(p.channels_per_group()));
   if (n_batch == 0) return;
   const int out_h = int(out_h64), out_w = int(out_w64);
-  const int64_t in_image = int64_t(p.channels) * in_h * in_w;
+  const int64_t in_plane = int64_t(in_h) * in_w;
+  const int64_t in_image = int64_t(p.channels) * in_plane;
   const int64_t out_plane = int64_t(out_h) * out_w;
+  const int in_words = num_words(p.channels), out_words = num_words(p.filters);
+  // Bit input: word j of pixel i, with the bits past C cleared (the contract ignores them).
+  const uint32_t last_word_mask = channel_mask(p.channels - (in_words - 1) * kWordBits);
+  auto in_word = [&](int n, int j, int64_t pixel) {
+    const uint32_t v = in.bits[(int64_t(n) * in_words + j) * in_plane + pixel];
+    return j == in_words - 1 ? v & last_word_mask : v;
+  };
 
   if (path_ == PopcountPath::kReference) {
+    // The contract, literally: bits become +-1 floats binarized at 0; bit output binarizes Y.
+    std::vector<float> x_pm1, zero_thr, y_tmp;
+    const float* x = in.x;
+    const float* thr = in.threshold;
+    if (in.bits) {
+      x_pm1.resize(size_t(n_batch) * in_image);
+      zero_thr.assign(p.channels, 0.f);
+      for (int n = 0; n < n_batch; ++n)
+        for (int c = 0; c < p.channels; ++c)
+          for (int64_t i = 0; i < in_plane; ++i)
+            x_pm1[(int64_t(n) * p.channels + c) * in_plane + i] = (in_word(n, c / kWordBits, i) >> (c % kWordBits)) & 1u ? 1.f : -1.f;
+      x = x_pm1.data();
+      thr = zero_thr.data();
+    }
+    float* y = out.y;
+    if (out.bits) {
+      y_tmp.resize(size_t(n_batch) * p.filters * out_plane);
+      y = y_tmp.data();
+    }
     parallel_for(size_t(n_batch), [&](size_t n) {
-      reference_bconv2d(p, x + n * in_image, 1, in_h, in_w, filters.masked.data(), threshold, scale, bias,
+      reference_bconv2d(p, x + n * in_image, 1, in_h, in_w, filters.masked.data(), thr, scale, bias,
                         y + n * p.filters * out_plane);
     });
+    if (out.bits) binarize(y, n_batch, p.filters, out_plane, out.threshold, out.bits, PopcountPath::kPortable, parallel_for);
     return;
   }
 
@@ -122,26 +229,69 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
     scale_padded[slot] = scale[m];
     bias_padded[slot] = bias[m];
   }
+  std::vector<float> out_thr_padded;
+  std::vector<int32_t> pc_lo_padded;
+  std::vector<uint32_t> pc_range_padded;
+  if (out.bits) {
+    out_thr_padded.assign(padded_filters, 0.f);
+    for (int m = 0; m < p.filters; ++m) out_thr_padded[(m / mg) * blocks * lanes + m % mg] = out.threshold[m];
+    if (out.intervals && out.intervals->exact && int(out.intervals->lo.size()) == p.filters) {
+      pc_lo_padded.assign(padded_filters, 0);
+      pc_range_padded.assign(padded_filters, 0u);
+      for (int m = 0; m < p.filters; ++m) {
+        pc_lo_padded[(m / mg) * blocks * lanes + m % mg] = out.intervals->lo[m];
+        pc_range_padded[(m / mg) * blocks * lanes + m % mg] = out.intervals->range[m];
+      }
+    }
+  }
+  // Bit output: a work item covers every filter of its pixels and builds their output words
+  // in a small buffer [ceil(M/32)][chunk]; Y itself never reaches memory.
+  thread_local std::vector<uint32_t> word_block;
+  auto begin_words = [&](int64_t stride) {
+    if (word_block.size() < size_t(out_words) * stride) word_block.resize(size_t(out_words) * stride);
+    std::fill(word_block.begin(), word_block.begin() + size_t(out_words) * stride, 0u);
+  };
+  auto store_words = [&](int n, int p0, int npx, int64_t stride) {
+    for (int q = 0; q < out_words; ++q)
+      std::memcpy(out.bits + (int64_t(n) * out_words + q) * out_plane + p0, word_block.data() + q * stride,
+                  size_t(npx) * sizeof(uint32_t));
+  };
 
   if (filters.kernel == ConvKernel::kPointwise) {
     // Pack and compute per (image, pixel chunk): the chunk's packed words (<= G*nw KiB) stay in
     // L1 between the two, with no whole-batch packed buffer to allocate or stream through.
     constexpr int kChunk = 256;
-    const int64_t plane = int64_t(in_h) * in_w;  // == out_plane
+    const int64_t plane = in_plane;  // == out_plane
     const int64_t chunks = (plane + kChunk - 1) / kChunk;
+    // Bit input read in place when no word needs masking and no vector crosses the plane end.
+    const bool bits_in_place = in.bits && p.channels % kWordBits == 0 && plane % 16 == 0;
     parallel_for(size_t(n_batch * chunks), [&](size_t item) {
       const int n = int(item / chunks);
       const int p0 = int(item % chunks) * kChunk;
       const int npx = int(std::min<int64_t>(kChunk, plane - p0));
-      const int64_t stride = (npx + 15) / 16 * 16;
+      int64_t stride = (npx + 15) / 16 * 16;
       thread_local std::vector<uint32_t> buf;
       if (buf.size() < size_t(G) * nw * stride) buf.resize(size_t(G) * nw * stride);
-      pack_planar_avx512({x + n * in_image + p0, plane, threshold, G, cg, nw, npx, buf.data(), stride});
+      const uint32_t* input = buf.data();
+      if (in.x) {
+        pack_planar_avx512({in.x + n * in_image + p0, plane, in.threshold, G, cg, nw, npx, buf.data(), stride});
+      } else if (bits_in_place) {
+        input = in.bits + int64_t(n) * in_words * plane + p0;
+        stride = plane;
+      } else {  // group g's words are g*nw.. (checked above); zero the 16-pixel tail
+        for (int j = 0; j < G * nw; ++j) {
+          uint32_t* row = buf.data() + j * stride;
+          for (int i = 0; i < npx; ++i) row[i] = in_word(n, j, p0 + i);
+          std::fill(row + npx, row + stride, 0u);
+        }
+      }
+      if (out.bits) begin_words(kChunk);
       for (int g = 0; g < G; ++g)
         for (int b = 0; b < blocks; ++b) {
           const int slot0 = (g * blocks + b) * lanes;
+          const int first_filter = g * mg + b * lanes;
           PointwiseArgs a;
-          a.input = buf.data() + size_t(g) * nw * stride;
+          a.input = input + size_t(g) * nw * stride;
           a.input_stride = stride;
           a.nw = nw;
           a.filters = filters.words.data() + size_t(g * blocks + b) * nw * lanes;
@@ -149,12 +299,23 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
           a.bias = bias_padded.data() + slot0;
           a.valid_bits = cg;
           a.relu = p.relu;
-          a.out = y + (int64_t(n) * p.filters + g * mg + b * lanes) * plane + p0;
+          a.out = out.y ? out.y + (int64_t(n) * p.filters + first_filter) * plane + p0 : nullptr;
           a.out_plane = plane;
           a.filters_valid = std::min(lanes, mg - b * lanes);
           a.npx = npx;
+          if (out.bits) {
+            a.out_bits = word_block.data();
+            a.out_bits_stride = kChunk;
+            a.out_threshold = out_thr_padded.data() + slot0;
+            a.first_filter = first_filter;
+            if (!pc_lo_padded.empty()) {
+              a.out_pc_lo = pc_lo_padded.data() + slot0;
+              a.out_pc_range = pc_range_padded.data() + slot0;
+            }
+          }
           pointwise_avx512(a);
         }
+      if (out.bits) store_words(n, p0, npx, kChunk);
     });
     return;
   }
@@ -165,7 +326,8 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
   if (image_words * n_batch > (int64_t(1) << 31) || out_plane + kMaxTilePixels > (int64_t(1) << 31))
     throw std::invalid_argument("XnorConv2d: input too large for 32-bit offsets");
 
-  // 1. Binarize + pack once per call. Border pixels of the padded image are zero bits.
+  // 1. Binarize + pack (or copy the bits) once per call. Border pixels of the padded image
+  //    are zero bits.
   std::unique_ptr<uint32_t[]> packed(new uint32_t[size_t(image_words) * n_batch]);
   const size_t row_words = size_t(padded_w) * group_words;
   for (int n = 0; n < n_batch; ++n) {
@@ -180,19 +342,29 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
       }
     }
   }
-  void (*pack_fn)(const PackArgs&) = path_ == PopcountPath::kAvx512 ? pack_avx512
-                                     : path_ == PopcountPath::kAvx2 ? pack_avx2
-                                                                    : pack_portable;
-  const int in_pixels = in_h * in_w;
-  constexpr int kPackChunk = 256;
-  const int pack_chunks = (in_pixels + kPackChunk - 1) / kPackChunk;
-  parallel_for(size_t(n_batch) * pack_chunks, [&](size_t item) {
-    const int n = int(item / pack_chunks), chunk = int(item % pack_chunks);
-    PackArgs a{x + n * in_image, threshold, p.channels, in_h, in_w, G, cg, nw,
-               packed.get() + n * image_words, padded_w, p.pad_top, p.pad_left,
-               chunk * kPackChunk, std::min(in_pixels, (chunk + 1) * kPackChunk)};
-    pack_fn(a);
-  });
+  if (in.bits) {
+    // Planar words -> pixel-major: 1/32 of the float pack's traffic.
+    parallel_for(size_t(n_batch) * in_h, [&](size_t item) {
+      const int n = int(item / in_h), h = int(item % in_h);
+      uint32_t* row = packed.get() + n * image_words + (size_t(h + p.pad_top) * padded_w + p.pad_left) * group_words;
+      for (int j = 0; j < group_words; ++j)
+        for (int w = 0; w < in_w; ++w) row[size_t(w) * group_words + j] = in_word(n, j, int64_t(h) * in_w + w);
+    });
+  } else {
+    void (*pack_fn)(const PackArgs&) = path_ == PopcountPath::kAvx512 ? pack_avx512
+                                       : path_ == PopcountPath::kAvx2 ? pack_avx2
+                                                                      : pack_portable;
+    const int in_pixels = in_h * in_w;
+    constexpr int kPackChunk = 256;
+    const int pack_chunks = (in_pixels + kPackChunk - 1) / kPackChunk;
+    parallel_for(size_t(n_batch) * pack_chunks, [&](size_t item) {
+      const int n = int(item / pack_chunks), chunk = int(item % pack_chunks);
+      PackArgs a{in.x + n * in_image, in.threshold, p.channels, in_h, in_w, G, cg, nw,
+                 packed.get() + n * image_words, padded_w, p.pad_top, p.pad_left,
+                 chunk * kPackChunk, std::min(in_pixels, (chunk + 1) * kPackChunk)};
+      pack_fn(a);
+    });
+  }
 
   // 2. Padding classes, pixel and tap offsets.
   std::shared_ptr<const PaddingClasses> classes_ptr;
@@ -219,20 +391,12 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
       for (int q = 0; q < nw; ++q)
         k_off[(i * p.kernel_w + j) * nw + q] =
             int32_t((int64_t(i) * p.dilation_h * padded_w + int64_t(j) * p.dilation_w) * group_words + q);
-  // 3. Tiles: (image, group, filter block, pixel chunk).
+  // 3. Tiles: (image, group, filter block, pixel chunk); with bit output (image, pixel chunk)
+  //    covering every block, so the chunk's Y is complete before it is binarized.
   void (*tile_fn)(const TileArgs&) = path_ == PopcountPath::kAvx512 ? tile_avx512
                                      : path_ == PopcountPath::kAvx2 ? tile_avx2
                                                                     : tile_portable;
-  constexpr int kPixelChunk = 128;  // multiple of every tile size
-  const int chunks = int((out_plane + kPixelChunk - 1) / kPixelChunk);
-  const size_t items = size_t(n_batch) * G * blocks * chunks;
-  parallel_for(items, [&](size_t item) {
-    const int chunk = int(item % chunks);
-    size_t rest = item / chunks;
-    const int b = int(rest % blocks);
-    rest /= blocks;
-    const int g = int(rest % G);
-    const int n = int(rest / G);
+  auto tile_args = [&](int n, int g, int b, int pix_begin, int pix_end) {
     const int slot0 = (g * blocks + b) * lanes;
     const int first_filter = g * mg + b * lanes;
     TileArgs a;
@@ -248,12 +412,58 @@ void BConv2D::run(const float* x, int n_batch, int in_h, int in_w, const PackedF
     a.scale = scale_padded.data() + slot0;
     a.bias = bias_padded.data() + slot0;
     a.relu = p.relu;
-    a.out = y + (int64_t(n) * p.filters + first_filter) * out_plane;
+    a.out = out.y ? out.y + (int64_t(n) * p.filters + first_filter) * out_plane : nullptr;
     a.out_plane = out_plane;
     a.lanes_valid = std::min(lanes, mg - b * lanes);
-    a.pix_begin = chunk * kPixelChunk;
-    a.pix_end = int(std::min<int64_t>(out_plane, int64_t(chunk + 1) * kPixelChunk));
-    tile_fn(a);
+    a.pix_begin = pix_begin;
+    a.pix_end = pix_end;
+    return a;
+  };
+  if (out.bits) {
+    // Small chunks when there is little work, so that two threads still get items.
+    const int kChunk = n_batch * out_plane >= 1024 ? 128 : 32;  // multiples of every tile size
+    const int chunks = int((out_plane + kChunk - 1) / kChunk);
+    // AVX-512 writes 16 filters' bits as one half-word; otherwise Y goes through a float block.
+    const bool halves = path_ == PopcountPath::kAvx512 && lanes == 16 && (G == 1 || mg % 16 == 0);
+    thread_local std::vector<float> y_block;
+    parallel_for(size_t(n_batch) * chunks, [&](size_t item) {
+      const int n = int(item / chunks), p0 = int(item % chunks) * kChunk;
+      const int p1 = int(std::min<int64_t>(out_plane, int64_t(p0) + kChunk));
+      begin_words(kChunk);
+      if (!halves && y_block.size() < size_t(p.filters) * kChunk) y_block.resize(size_t(p.filters) * kChunk);
+      for (int g = 0; g < G; ++g)
+        for (int b = 0; b < blocks; ++b) {
+          const int first_filter = g * mg + b * lanes;
+          TileArgs a = tile_args(n, g, b, p0, p1);
+          a.out_pixel_base = p0;
+          if (halves) {
+            a.out_bits16 = reinterpret_cast<uint16_t*>(word_block.data() + (first_filter / kWordBits) * kChunk) +
+                           (first_filter / 16) % 2;  // little-endian: bits 0-15 are the low half
+            a.out_threshold = out_thr_padded.data() + (g * blocks + b) * lanes;
+          } else {
+            a.out = y_block.data() + int64_t(first_filter) * kChunk;
+            a.out_plane = kChunk;
+          }
+          tile_fn(a);
+        }
+      if (!halves)
+        binarize_rows(y_block.data(), kChunk, out.threshold, p.filters, p1 - p0, word_block.data(), kChunk, path_);
+      store_words(n, p0, p1 - p0, kChunk);
+    });
+    return;
+  }
+  constexpr int kPixelChunk = 128;  // multiple of every tile size
+  const int chunks = int((out_plane + kPixelChunk - 1) / kPixelChunk);
+  const size_t items = size_t(n_batch) * G * blocks * chunks;
+  parallel_for(items, [&](size_t item) {
+    const int chunk = int(item % chunks);
+    size_t rest = item / chunks;
+    const int b = int(rest % blocks);
+    rest /= blocks;
+    const int g = int(rest % G);
+    const int n = int(rest / G);
+    tile_fn(tile_args(n, g, b, chunk * kPixelChunk,
+                      int(std::min<int64_t>(out_plane, int64_t(chunk + 1) * kPixelChunk))));
   });
 }
 

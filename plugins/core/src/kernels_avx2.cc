@@ -124,11 +124,11 @@ void tile_avx2(const TileArgs& a) {
     const int npx = std::min(R, a.pix_end - p0);
     if (npx == R) {
       for (int l = 0; l < a.lanes_valid; ++l)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.out + l * a.out_plane + p0), acc[l]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.out + l * a.out_plane + (p0 - a.out_pixel_base)), acc[l]);
     } else {
       const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(npx), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       for (int l = 0; l < a.lanes_valid; ++l)
-        _mm256_maskstore_epi32(reinterpret_cast<int*>(a.out + l * a.out_plane + p0), live, acc[l]);
+        _mm256_maskstore_epi32(reinterpret_cast<int*>(a.out + l * a.out_plane + (p0 - a.out_pixel_base)), live, acc[l]);
     }
   }
 }

@@ -121,6 +121,39 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
   for (int r = 0; r < R; ++r) {
     if (r >= a.filters_valid) break;
     const __m512 scale = _mm512_set1_ps(a.scale[r]), bias = _mm512_set1_ps(a.bias[r]);
+    if (a.out_bits && a.out_pc_lo) {  // fused binarization as a popcount interval
+      const int m = a.first_filter + r;
+      uint32_t* row = a.out_bits + (m / kWordBits) * a.out_bits_stride + p0;
+      const __m512i bit = _mm512_set1_epi32(int(1u << (m % kWordBits)));
+      const __m512i lo = _mm512_set1_epi32(a.out_pc_lo[r]), range = _mm512_set1_epi32(int(a.out_pc_range[r]));
+#pragma GCC unroll 4
+      for (int v = 0; v < PV; ++v) {
+        const int n = std::clamp(live_px - 16 * v, 0, 16);
+        const __mmask16 in = _mm512_mask_cmp_epu32_mask(__mmask16((1u << n) - 1u), _mm512_sub_epi32(acc[r][v], lo),
+                                                        range, _MM_CMPINT_LE);
+        const __m512i words = _mm512_loadu_si512(row + 16 * v);
+        _mm512_storeu_si512(row + 16 * v, _mm512_mask_or_epi32(words, in, words, bit));
+      }
+      continue;
+    }
+    if (a.out_bits) {  // the next layer's binarization, fused: Y never leaves the registers
+      const int m = a.first_filter + r;
+      uint32_t* row = a.out_bits + (m / kWordBits) * a.out_bits_stride + p0;
+      const __m512i bit = _mm512_set1_epi32(int(1u << (m % kWordBits)));
+      const __m512 thr = _mm512_set1_ps(a.out_threshold[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < PV; ++v) {
+        const __m512i sum = _mm512_sub_epi32(valid, _mm512_add_epi32(acc[r][v], acc[r][v]));
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale);
+        y = _mm512_add_ps(y, bias);
+        if (a.relu) y = _mm512_max_ps(zero, y);
+        const int n = std::clamp(live_px - 16 * v, 0, 16);
+        const __mmask16 ge = _mm512_mask_cmp_ps_mask(__mmask16((1u << n) - 1u), y, thr, _CMP_GE_OQ);  // NaN -> 0
+        const __m512i words = _mm512_loadu_si512(row + 16 * v);
+        _mm512_storeu_si512(row + 16 * v, _mm512_mask_or_epi32(words, ge, words, bit));
+      }
+      continue;
+    }
     float* out = a.out + r * a.out_plane + p0;
 #pragma GCC unroll 4
     for (int v = 0; v < PV; ++v) {
@@ -185,6 +218,8 @@ void tile_avx512(const TileArgs& a) {
   constexpr int R = 16;
   const __m512 scale = _mm512_loadu_ps(a.scale), bias = _mm512_loadu_ps(a.bias);
   const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 valid_lanes = __mmask16((1u << a.lanes_valid) - 1u);
+  const __m512 out_thr = a.out_bits16 ? _mm512_maskz_loadu_ps(valid_lanes, a.out_threshold) : zero;
   for (int p0 = a.pix_begin; p0 < a.pix_end; p0 += R) {
     const uint32_t* base[R];
     for (int r = 0; r < R; ++r) base[r] = a.input + a.pix_off[p0 + r];
@@ -210,13 +245,20 @@ void tile_avx512(const TileArgs& a) {
       __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale);
       y = _mm512_add_ps(y, bias);  // separate rounding: -ffp-contract=off keeps this from becoming an FMA
       if (a.relu) y = _mm512_max_ps(zero, y);  // (0, y): NaN passes through like torch.clamp_min
+      if (a.out_bits16) {  // 16 filters' bits of one pixel: half of its output word
+        if (p0 + r < a.pix_end)
+          a.out_bits16[2 * (p0 + r - a.out_pixel_base)] =
+              uint16_t(_mm512_mask_cmp_ps_mask(valid_lanes, y, out_thr, _CMP_GE_OQ));  // NaN -> 0
+        continue;
+      }
       acc[r] = _mm512_castps_si512(y);
     }
+    if (a.out_bits16) continue;
     transpose16x16(acc);  // now acc[l] = 16 consecutive pixels of filter l
     const int npx = std::min(R, a.pix_end - p0);
     const __mmask16 live = __mmask16((1u << npx) - 1u);
     for (int l = 0; l < a.lanes_valid; ++l)
-      _mm512_mask_storeu_epi32(a.out + l * a.out_plane + p0, live, acc[l]);
+      _mm512_mask_storeu_epi32(a.out + l * a.out_plane + (p0 - a.out_pixel_base), live, acc[l]);
   }
 }
 

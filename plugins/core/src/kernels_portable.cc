@@ -61,7 +61,7 @@ void tile_portable(const TileArgs& a) {
       const int cls = a.pix_cls[p0 + r];
       const int32_t* corr = a.correction + int64_t(cls) * a.correction_stride;
       for (int l = 0; l < a.lanes_valid; ++l)
-        a.out[l * a.out_plane + p0 + r] =
+        a.out[l * a.out_plane + (p0 - a.out_pixel_base) + r] =
             output_transform(xnor_sum(a.valid_bits[cls], int32_t(acc[r][l]) - corr[l]), a.scale[l], a.bias[l], a.relu);
     }
   }

@@ -6,7 +6,10 @@
 #include <random>
 #include <vector>
 
+#include "core/bconv2d/binarize.h"
 #include "core/bconv2d/optimized.h"
+#include "core/pool/pool.h"
+#include "core/conv_binarize/conv_binarize.h"
 #include "core/bconv2d/reference.h"
 
 using namespace xnorpipe::bconv2d;
@@ -24,6 +27,7 @@ int main() {
     BConv2DParams p;
     p.group = std::vector<int>{1, 1, 1, 2, 3, 4}[uni(0, 5)];
     p.channels = p.group * uni(1, iter % 5 == 0 ? 100 : 40);
+    if (iter % 11 == 0) p.channels = p.group * 32 * uni(1, 2);  // grouped layers that can read bits
     p.filters = p.group * uni(1, iter % 7 == 0 ? 70 : 24);
     p.kernel_h = std::vector<int>{1, 3, 5}[uni(0, 2)];
     p.kernel_w = uni(0, 3) ? p.kernel_h : std::vector<int>{1, 3, 5}[uni(0, 2)];
@@ -33,7 +37,7 @@ int main() {
     p.relu = uni(0, 1);
     int n = uni(1, 3), h = uni(1, 13), w = uni(1, 13);
     if (pointwise) {
-      p.channels = p.group * uni(1, iter % 3 == 0 ? 150 : 70);
+      p.channels = p.group * (iter % 4 == 0 ? 32 * uni(1, 3) : uni(1, iter % 3 == 0 ? 150 : 70));
       p.kernel_h = p.kernel_w = 1;
       p.stride_h = p.stride_w = 1;
       p.pad_top = p.pad_left = p.pad_bottom = p.pad_right = 0;
@@ -53,6 +57,8 @@ int main() {
     }
     for (auto& v : scale) v = normal(rng);
     for (auto& v : bias) v = normal(rng);
+    if (iter % 13 == 0) scale[0] = INFINITY;  // y = inf, NaN (0 * inf), -inf: not a popcount interval
+    if (iter % 17 == 0) bias[p.filters - 1] = std::numeric_limits<float>::quiet_NaN();  // bit never set
     // Pad bits random too: the contract says they are ignored.
     for (auto& v : wts) v = int32_t(rng());
     const int64_t out_size = int64_t(n) * p.filters * p.out_h(h) * p.out_w(w);
@@ -67,7 +73,66 @@ int main() {
       }
       return masked.data();
     }(), thr.data(), scale.data(), bias.data(), want.data());
+    // Bit tensors (packed-bits form), computed here from the contract's definition.
+    const int64_t plane = int64_t(h) * w, out_plane = p.out_h(h) * p.out_w(w);
+    const int in_words = num_words(p.channels), out_words = num_words(p.filters);
+    const bool bits_in_ok = p.group == 1 || p.channels_per_group() % 32 == 0;
+    std::vector<uint32_t> x_bits(size_t(n) * in_words * plane, 0u), want_bits(size_t(n) * out_words * out_plane, 0u);
+    for (int b = 0; b < n; ++b)
+      for (int c = 0; c < p.channels; ++c)
+        for (int64_t i = 0; i < plane; ++i)
+          if (x[(int64_t(b) * p.channels + c) * plane + i] >= thr[c])
+            x_bits[(int64_t(b) * in_words + c / 32) * plane + i] |= 1u << (c % 32);
+    // Junk in the bits past C: the contract says readers ignore them.
+    if (p.channels % 32)
+      for (int b = 0; b < n; ++b)
+        for (int64_t i = 0; i < plane; ++i)
+          x_bits[(int64_t(b) * in_words + in_words - 1) * plane + i] |= ~((1u << (p.channels % 32)) - 1u) & rng();
+    std::vector<float> out_thr(p.filters);
+    for (auto& v : out_thr) v = uni(0, 9) == 0 ? (uni(0, 1) ? INFINITY : -INFINITY) : normal(rng);
+    for (int b = 0; b < n; ++b)
+      for (int m = 0; m < p.filters; ++m) {
+        if (uni(0, 4) == 0) out_thr[m] = want[(int64_t(b) * p.filters + m) * out_plane];  // equality
+        for (int64_t i = 0; i < out_plane; ++i)
+          if (want[(int64_t(b) * p.filters + m) * out_plane + i] >= out_thr[m])
+            want_bits[(int64_t(b) * out_words + m / 32) * out_plane + i] |= 1u << (m % 32);
+      }
+    for (int b = 0; b < n; ++b)  // recompute: out_thr may have changed after earlier images
+      for (int m = 0; m < p.filters; ++m)
+        for (int64_t i = 0; i < out_plane; ++i) {
+          uint32_t& word = want_bits[(int64_t(b) * out_words + m / 32) * out_plane + i];
+          word &= ~(1u << (m % 32));
+          if (want[(int64_t(b) * p.filters + m) * out_plane + i] >= out_thr[m]) word |= 1u << (m % 32);
+        }
     for (PopcountPath path : paths) {
+      // Bit input -> float, float -> bits, bits -> bits.
+      for (int variant = 0; variant < 3; ++variant) {
+        if (variant != 1 && !bits_in_ok) continue;
+        const int threads = 1 + (iter + variant) % 2;
+        BConv2D conv(p, path);
+        const PackedFilters f = conv.pack_filters(wts.data());
+        std::vector<float> got(out_size, -12345.f);
+        std::vector<uint32_t> got_bits(want_bits.size(), 0xdeadbeefu);
+        ConvInput in;
+        if (variant == 1) in = ConvInput{x.data(), thr.data(), nullptr};
+        else in = ConvInput{nullptr, nullptr, x_bits.data()};
+        ConvOutput out;
+        if (variant == 0) out = ConvOutput{got.data(), nullptr, nullptr};
+        else out = ConvOutput{nullptr, got_bits.data(), out_thr.data()};
+        // Unpadded layers: every other case with the bits as popcount intervals.
+        const PopcountIntervals intervals = conv.popcount_intervals(scale.data(), bias.data(), out_thr.data());
+        if (variant > 0 && intervals.exact && iter % 2) out.intervals = &intervals;
+        conv.run(in, n, h, w, f, scale.data(), bias.data(), out, thread_parallel_for(threads));
+        ++cases;
+        const bool ok = variant == 0 ? std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0
+                                     : got_bits == want_bits;
+        if (!ok) {
+          std::printf("MISMATCH (bits variant %d) path=%s C=%d M=%d g=%d k=%dx%d s=%dx%d pads=%d,%d,%d,%d n=%d %dx%d\n",
+                      variant, path_name(path), p.channels, p.filters, p.group, p.kernel_h, p.kernel_w, p.stride_h,
+                      p.stride_w, p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, n, h, w);
+          if (++failures > 10) return 1;
+        }
+      }
       for (int threads : {1, 2}) {
         BConv2D conv(p, path);
         const PackedFilters f = conv.pack_filters(wts.data());
@@ -84,6 +149,164 @@ int main() {
                       n, h, w, bad, got[bad], want[bad]);
           if (++failures > 10) return 1;
         }
+      }
+    }
+  }
+  // Binarize op and BitMaxPool vs their definitions.
+  for (int iter = 0; iter < 60; ++iter) {
+    const int n = uni(1, 3), c = uni(1, 100), h = uni(1, 20), w = uni(1, 20);
+    const int64_t plane = int64_t(h) * w;
+    const int words = num_words(c);
+    std::vector<float> x(size_t(n) * c * plane), thr(c);
+    for (auto& v : thr) v = normal(rng);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = uni(0, 15) == 0 ? std::numeric_limits<float>::quiet_NaN() : normal(rng);
+    std::vector<uint32_t> want(size_t(n) * words * plane, 0u);
+    for (int b = 0; b < n; ++b)
+      for (int k = 0; k < c; ++k)
+        for (int64_t i = 0; i < plane; ++i)
+          if (x[(int64_t(b) * c + k) * plane + i] >= thr[k]) want[(int64_t(b) * words + k / 32) * plane + i] |= 1u << (k % 32);
+    for (PopcountPath path : paths) {
+      std::vector<uint32_t> got(want.size(), 0xdeadbeefu);
+      binarize(x.data(), n, c, plane, thr.data(), got.data(), path, thread_parallel_for(1 + iter % 2));
+      ++cases;
+      if (got != want) {
+        std::printf("MISMATCH binarize path=%s C=%d n=%d %dx%d\n", path_name(path), c, n, h, w);
+        if (++failures > 10) return 1;
+      }
+    }
+    xnorpipe::pool::PoolParams mp;
+    mp.kernel_h = uni(1, 3); mp.kernel_w = uni(1, 3); mp.stride_h = uni(1, 2); mp.stride_w = uni(1, 2);
+    mp.pad_top = uni(0, mp.kernel_h - 1); mp.pad_bottom = uni(0, mp.kernel_h - 1);
+    mp.pad_left = uni(0, mp.kernel_w - 1); mp.pad_right = uni(0, mp.kernel_w - 1);
+    mp.validate("BitMaxPool");
+    const int64_t oh = mp.out_h(h), ow = mp.out_w(w);
+    if (oh < 1 || ow < 1) continue;
+    std::vector<uint32_t> pooled(size_t(n) * words * oh * ow), expect(pooled.size(), 0u);
+    for (int b = 0; b < n * words; ++b)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j)
+          for (int u = 0; u < mp.kernel_h; ++u)
+            for (int v = 0; v < mp.kernel_w; ++v) {
+              const int64_t y = i * mp.stride_h - mp.pad_top + u, z = j * mp.stride_w - mp.pad_left + v;
+              if (y >= 0 && y < h && z >= 0 && z < w) expect[(b * oh + i) * ow + j] |= want[b * plane + y * w + z];
+            }
+    xnorpipe::pool::bit_max_pool(mp, want.data(), n, words, h, w, pooled.data(), thread_parallel_for(2));
+    ++cases;
+    if (pooled != expect) {
+      std::printf("MISMATCH bmaxpool k=%dx%d s=%dx%d %dx%d\n", mp.kernel_h, mp.kernel_w, mp.stride_h, mp.stride_w, h, w);
+      if (++failures > 10) return 1;
+    }
+  }
+  // AvgPoolBinarize vs a float64 average, away from rounding margins.
+  for (int iter = 0; iter < 60; ++iter) {
+    xnorpipe::pool::PoolParams mp;
+    mp.kernel_h = uni(1, 3); mp.kernel_w = uni(1, 3); mp.stride_h = uni(1, 2); mp.stride_w = uni(1, 2);
+    mp.pad_top = uni(0, mp.kernel_h - 1); mp.pad_bottom = uni(0, mp.kernel_h - 1);
+    mp.pad_left = uni(0, mp.kernel_w - 1); mp.pad_right = uni(0, mp.kernel_w - 1);
+    const int n = uni(1, 2), c = uni(1, 70), h = uni(1, 17), w = uni(1, iter % 3 ? 30 : 40);
+    const int64_t oh = mp.out_h(h), ow = mp.out_w(w);
+    if (oh < 1 || ow < 1) continue;
+    const int words = num_words(c);
+    std::vector<float> x(size_t(n) * c * h * w), thr(c);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : thr) v = uni(0, 9) == 0 ? -INFINITY : normal(rng) * 0.3f;
+    std::vector<uint32_t> want(size_t(n) * words * oh * ow, 0u), sure(want.size(), 0u);
+    for (int b = 0; b < n; ++b)
+      for (int k = 0; k < c; ++k)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            double sum = 0, mag = 0;
+            for (int u = 0; u < mp.kernel_h; ++u)
+              for (int v = 0; v < mp.kernel_w; ++v) {
+                const int64_t y = i * mp.stride_h - mp.pad_top + u, z = j * mp.stride_w - mp.pad_left + v;
+                if (y < 0 || y >= h || z < 0 || z >= w) continue;
+                sum += x[((int64_t(b) * c + k) * h + y) * w + z];
+                mag += std::fabs(x[((int64_t(b) * c + k) * h + y) * w + z]);
+              }
+            const double avg = sum / (mp.kernel_h * mp.kernel_w);
+            const size_t idx = (size_t(b) * words + k / 32) * oh * ow + i * ow + j;
+            if (avg >= thr[k]) want[idx] |= 1u << (k % 32);
+            if (std::fabs(avg - thr[k]) > 1e-5 * (mag + 1)) sure[idx] |= 1u << (k % 32);
+          }
+    for (PopcountPath path : paths) {
+    std::vector<uint32_t> got(want.size(), 0xdeadbeefu);
+    xnorpipe::pool::avg_pool_binarize(mp, x.data(), n, c, h, w, thr.data(), got.data(), path, thread_parallel_for(1 + iter % 2));
+    ++cases;
+    bool ok = true;
+    for (size_t i = 0; i < got.size(); ++i) ok &= ((got[i] ^ want[i]) & sure[i]) == 0;
+    if (c % 32)
+      for (int b = 0; b < n; ++b)
+        for (int64_t i = 0; i < oh * ow; ++i) ok &= (got[(size_t(b) * words + words - 1) * oh * ow + i] >> (c % 32)) == 0;
+    if (!ok) {
+      std::printf("MISMATCH avg_pool_binarize path=%s k=%dx%d s=%dx%d C=%d %dx%d\n", path_name(path), mp.kernel_h,
+                  mp.kernel_w, mp.stride_h, mp.stride_w, c, h, w);
+      if (++failures > 10) return 1;
+    }
+    }
+  }
+  // ConvBinarize: float sums differ from a float64 reference by rounding only, so bits are
+  // checked wherever the reference is not within a rounding margin of the threshold.
+  for (int iter = 0; iter < 80; ++iter) {
+    BConv2DParams p;
+    p.group = iter % 5 == 4 ? 2 : 1;
+    p.channels = p.group * uni(1, 8);
+    p.filters = p.group * uni(1, 70);
+    p.kernel_h = std::vector<int>{1, 3, 5}[uni(0, 2)];
+    p.kernel_w = uni(0, 3) ? p.kernel_h : std::vector<int>{1, 3, 5}[uni(0, 2)];
+    p.stride_h = uni(1, 2); p.stride_w = uni(1, 2);
+    p.dilation_h = uni(1, 2); p.dilation_w = uni(1, 2);
+    p.pad_top = uni(0, 2); p.pad_left = uni(0, 2); p.pad_bottom = uni(0, 2); p.pad_right = uni(0, 2);
+    p.relu = uni(0, 1);
+    const int n = uni(1, 3), h = uni(1, 20), w = uni(1, 33);
+    const int64_t oh = p.out_h(h), ow = p.out_w(w);
+    if (oh < 1 || ow < 1) continue;
+    const int cg = p.channels_per_group(), taps = cg * p.kernel_h * p.kernel_w, words = num_words(p.filters);
+    std::vector<float> x(size_t(n) * p.channels * h * w), wts(size_t(p.filters) * taps), bias(p.filters), thr(p.filters);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : wts) v = normal(rng);
+    for (auto& v : bias) v = normal(rng);
+    for (auto& v : thr) v = uni(0, 9) == 0 ? -INFINITY : normal(rng);
+    std::vector<uint32_t> want(size_t(n) * words * oh * ow, 0u), sure(want.size(), 0u);  // sure: bits far from thr
+    for (int b = 0; b < n; ++b)
+      for (int m = 0; m < p.filters; ++m)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            double sum = 0, mag = std::fabs(bias[m]);
+            const int g = m / p.filters_per_group();
+            for (int c = 0; c < cg; ++c)
+              for (int u = 0; u < p.kernel_h; ++u)
+                for (int v = 0; v < p.kernel_w; ++v) {
+                  const int64_t y = i * p.stride_h - p.pad_top + u * p.dilation_h, z = j * p.stride_w - p.pad_left + v * p.dilation_w;
+                  if (y < 0 || y >= h || z < 0 || z >= w) continue;
+                  const double t = double(x[((int64_t(b) * p.channels + g * cg + c) * h + y) * w + z]) *
+                                   wts[(size_t(m) * cg + c) * p.kernel_h * p.kernel_w + u * p.kernel_w + v];
+                  sum += t;
+                  mag += std::fabs(t);
+                }
+            double yv = sum + bias[m];
+            if (p.relu && yv < 0) yv = 0;
+            const size_t idx = (size_t(b) * words + m / 32) * oh * ow + i * ow + j;
+            if (yv >= thr[m]) want[idx] |= 1u << (m % 32);
+            if (std::fabs(yv - thr[m]) > 1e-5 * (mag + 1)) sure[idx] |= 1u << (m % 32);
+          }
+    for (PopcountPath path : paths) {
+      if (path == PopcountPath::kReference) continue;
+      xnorpipe::conv_binarize::ConvBinarize conv(p, path);
+      const auto packed = conv.pack_weights(wts.data());
+      std::vector<uint32_t> got(want.size(), 0xdeadbeefu);
+      conv.run(x.data(), n, h, w, packed, bias.data(), thr.data(), got.data(), thread_parallel_for(1 + iter % 2));
+      ++cases;
+      bool ok = true;
+      for (size_t i = 0; i < got.size(); ++i) ok &= ((got[i] ^ want[i]) & sure[i]) == 0;
+      // Pad filters (past M) must be 0 bits.
+      if (p.filters % 32)
+        for (int b = 0; b < n; ++b)
+          for (int64_t i = 0; i < oh * ow; ++i) ok &= (got[(size_t(b) * words + words - 1) * oh * ow + i] >> (p.filters % 32)) == 0;
+      if (!ok) {
+        std::printf("MISMATCH conv_binarize path=%s C=%d M=%d g=%d k=%dx%d s=%dx%d d=%dx%d n=%d %dx%d\n", path_name(path),
+                    p.channels, p.filters, p.group, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.dilation_h,
+                    p.dilation_w, n, h, w);
+        if (++failures > 10) return 1;
       }
     }
   }
