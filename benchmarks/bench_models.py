@@ -4,7 +4,7 @@ Random-init models (speed does not depend on the weights); every variant is meas
 same run and reported as a ratio to stock ORT on the portable form. Prints a table; with
 --out, also writes it as markdown (benchmarks/RESULTS.md quotes it).
 
-    python benchmarks/bench_models.py [--iters 50] [--threads 1,2] [--batch-sizes 1,64]
+    python benchmarks/bench_models.py [--iters 50] [--rounds 3] [--threads 1,2] [--batch-sizes 1,64]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="passes over all variants; rows are medians")
     p.add_argument("--out", default=None, help="also write the table as markdown here")
     args = p.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
@@ -68,12 +71,24 @@ def main(argv=None) -> int:
         try:
             for t in threads:
                 for b in batches:
-                    # fewer timed runs at big batches keep the whole run to minutes
-                    iters = max(5, args.iters // (4 if b >= 32 else 1))
+                    # more timed runs at batch 1 (sub-ms calls: noise needs samples), fewer at big
+                    # batches (keeps the whole run to minutes)
+                    iters = args.iters * 4 if b == 1 else max(5, args.iters // (4 if b >= 32 else 1))
+                    # Rounds cycle through every variant; a variant's figure is its median over
+                    # rounds, so a burst of noise on this shared VM hits one round, not one row.
+                    rounds: dict[tuple, list] = {v: [] for v in variants}
+                    for _ in range(args.rounds):
+                        for engine, form in variants:
+                            src = sources[form or "packed-bits"]
+                            (r,) = lib.run_bench([engine], src, batch_size=b, iters=iters, warmup=args.warmup,
+                                                 threads=t)
+                            rounds[(engine, form)].append(r)
                     results = []
-                    for engine, form in variants:
-                        src = sources[form or "packed-bits"]
-                        (r,) = lib.run_bench([engine], src, batch_size=b, iters=iters, warmup=args.warmup, threads=t)
+                    for (engine, form), rs in rounds.items():
+                        r = dict(rs[0])
+                        r["p50_ms"] = float(np.median([x["p50_ms"] for x in rs]))
+                        r["p90_ms"] = float(np.median([x["p90_ms"] for x in rs]))
+                        r["images_per_s"] = b * 1e3 / r["p50_ms"]
                         r["label"] = f"{engine} ({form})" if form else engine
                         results.append(r)
                     base = next(r for r in results if r["engine"] == BASELINE)["p50_ms"]

@@ -178,9 +178,11 @@ int main(int argc, char** argv) {
           const PackedFilters f = conv.pack_filters(w.data());
           ConvInput in{x.data(), thr.data(), nullptr};
           ConvOutput out{y.data(), nullptr, nullptr};
+          // As the ORT op runs it: bit output of a pointwise layer as popcount intervals.
+          const PopcountIntervals intervals = conv.popcount_intervals(scale.data(), bias.data(), out_thr.data());
           if (bits) {
             in = ConvInput{nullptr, nullptr, x_bits.data()};
-            if (l.bits_out) out = ConvOutput{nullptr, y_bits.data(), out_thr.data()};
+            if (l.bits_out) out = ConvOutput{nullptr, y_bits.data(), out_thr.data(), &intervals};
           }
           const double t = best_time([&] {
             conv.run(in, batch, l.hw, l.hw, f, scale.data(), bias.data(), out, serial_for);

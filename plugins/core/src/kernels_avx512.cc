@@ -117,6 +117,30 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
   // No padding: sum = Cg - 2 * popcount; then scale*(float)sum + bias per filter (scalar).
   const __m512i valid = _mm512_set1_epi32(a.valid_bits);
   const __m512 zero = _mm512_setzero_ps();
+  // Fused binarization as popcount intervals, the block's filters in one output word (always
+  // with group 1): their bits are gathered in registers, one read-modify-write per vector.
+  if (a.out_bits && a.out_pc_lo && a.first_filter % kWordBits + a.filters_valid <= kWordBits) {
+    __m512i bits[PV];
+    for (int v = 0; v < PV; ++v) bits[v] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      if (r >= a.filters_valid) break;
+      const __m512i bit = _mm512_set1_epi32(int(1u << ((a.first_filter + r) % kWordBits)));
+      const __m512i lo = _mm512_set1_epi32(a.out_pc_lo[r]), range = _mm512_set1_epi32(int(a.out_pc_range[r]));
+#pragma GCC unroll 4
+      for (int v = 0; v < PV; ++v) {
+        const __mmask16 in = _mm512_cmp_epu32_mask(_mm512_sub_epi32(acc[r][v], lo), range, _MM_CMPINT_LE);
+        bits[v] = _mm512_mask_or_epi32(bits[v], in, bits[v], bit);
+      }
+    }
+    uint32_t* row = a.out_bits + (a.first_filter / kWordBits) * a.out_bits_stride + p0;
+    for (int v = 0; v < PV; ++v) {
+      const int n = std::clamp(live_px - 16 * v, 0, 16);
+      const __m512i words = _mm512_loadu_si512(row + 16 * v);
+      _mm512_storeu_si512(row + 16 * v, _mm512_mask_or_epi32(words, __mmask16((1u << n) - 1u), words, bits[v]));
+    }
+    return;
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     if (r >= a.filters_valid) break;
