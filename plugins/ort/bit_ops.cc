@@ -7,46 +7,47 @@
 
 namespace xnorpipe::ort {
 
+namespace {
+// Inputs of Binarize and AvgPoolBinarize: X float [N, C, H, W] and threshold float [C].
+struct FloatInputWithThreshold {
+  Ort::ConstValue x, threshold;
+  int n, c, h, w;
+  std::vector<int64_t> shape;
+};
+
+FloatInputWithThreshold read_x_threshold(Ort::KernelContext& ctx, const char* op) {
+  if (ctx.GetInputCount() != 2) fail(op, "expects 2 inputs (X, threshold), got " + std::to_string(ctx.GetInputCount()));
+  FloatInputWithThreshold in{ctx.GetInput(0), ctx.GetInput(1), 0, 0, 0, 0, {}};
+  in.shape = tensor_shape(op, in.x, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  const auto ts = tensor_shape(op, in.threshold, "threshold", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  const auto& xs = in.shape;
+  if (xs.size() != 4) fail(op, "X must be [N, C, H, W], got " + shape_str(xs));
+  if (ts.size() != 1 || ts[0] != xs[1]) fail(op, "threshold must be [C] = [" + std::to_string(xs[1]) + "], got " + shape_str(ts));
+  in.n = checked_int(op, xs[0], "batch");
+  in.c = checked_int(op, xs[1], "channels");
+  in.h = checked_int(op, xs[2], "height");
+  in.w = checked_int(op, xs[3], "width");
+  if (in.c < 1) fail(op, "X has no channels: " + shape_str(xs));
+  return in;
+}
+}  // namespace
+
 BinarizeKernel::BinarizeKernel(const OrtApi& api, const OrtKernelInfo*) : api_(api), path_(bconv2d::select_path()) {}
 
 OrtStatusPtr BinarizeKernel::ComputeV2(OrtKernelContext* context) {
   return status_of(api_, "Binarize", [&] {
-    const char* op = "Binarize";
     Ort::KernelContext ctx(context);
-    if (ctx.GetInputCount() != 2) fail(op, "expects 2 inputs (X, threshold), got " + std::to_string(ctx.GetInputCount()));
-    const auto x = ctx.GetInput(0), thr = ctx.GetInput(1);
-    const auto xs = tensor_shape(op, x, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    const auto ts = tensor_shape(op, thr, "threshold", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    if (xs.size() != 4) fail(op, "X must be [N, C, H, W], got " + shape_str(xs));
-    if (ts.size() != 1 || ts[0] != xs[1]) fail(op, "threshold must be [C] = [" + std::to_string(xs[1]) + "], got " + shape_str(ts));
-    const int n = checked_int(op, xs[0], "batch"), c = checked_int(op, xs[1], "channels");
-    const int h = checked_int(op, xs[2], "height"), w = checked_int(op, xs[3], "width");
-    if (c < 1) fail(op, "X has no channels: " + shape_str(xs));
+    const auto in = read_x_threshold(ctx, "Binarize");
+    const int n = in.n, c = in.c, h = in.h, w = in.w;
     auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(c), h, w});
-    bconv2d::binarize(x.GetTensorData<float>(), n, c, int64_t(h) * w, thr.GetTensorData<float>(),
+    bconv2d::binarize(in.x.GetTensorData<float>(), n, c, int64_t(h) * w, in.threshold.GetTensorData<float>(),
                       reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), path_, session_parallel_for(ctx));
   });
 }
 
 pool::PoolParams read_pool_attributes(const Ort::ConstKernelInfo& ki, const char* op) {
-  const auto kernel_shape = ints_attr(ki, op, "kernel_shape", {}, true);
-  const auto strides = ints_attr(ki, op, "strides", {1, 1}, false);
-  const auto pads = ints_attr(ki, op, "pads", {0, 0, 0, 0}, false);
-  if (kernel_shape.size() != 2) fail(op, "kernel_shape must have 2 entries, got " + shape_str(kernel_shape));
-  if (strides.size() != 2) fail(op, "strides must have 2 entries, got " + shape_str(strides));
-  if (pads.size() != 4) fail(op, "pads must have 4 entries [top, left, bottom, right], got " + shape_str(pads));
-  for (auto v : kernel_shape) if (v < 1) fail(op, "kernel_shape entries must be >= 1, got " + shape_str(kernel_shape));
-  for (auto v : strides) if (v < 1) fail(op, "strides must be >= 1, got " + shape_str(strides));
-  for (auto v : pads) if (v < 0) fail(op, "pads must be >= 0, got " + shape_str(pads));
   pool::PoolParams p;
-  p.kernel_h = checked_int(op, kernel_shape[0], "kernel_shape");
-  p.kernel_w = checked_int(op, kernel_shape[1], "kernel_shape");
-  p.stride_h = checked_int(op, strides[0], "strides");
-  p.stride_w = checked_int(op, strides[1], "strides");
-  p.pad_top = checked_int(op, pads[0], "pads");
-  p.pad_left = checked_int(op, pads[1], "pads");
-  p.pad_bottom = checked_int(op, pads[2], "pads");
-  p.pad_right = checked_int(op, pads[3], "pads");
+  set_window(p, read_window(ki, op));
   p.validate(op);
   return p;
 }
@@ -67,20 +68,14 @@ OrtStatusPtr AvgPoolBinarizeKernel::ComputeV2(OrtKernelContext* context) {
   return status_of(api_, "AvgPoolBinarize", [&] {
     const char* op = "AvgPoolBinarize";
     Ort::KernelContext ctx(context);
-    if (ctx.GetInputCount() != 2) fail(op, "expects 2 inputs (X, threshold), got " + std::to_string(ctx.GetInputCount()));
-    const auto x = ctx.GetInput(0), thr = ctx.GetInput(1);
-    const auto xs = tensor_shape(op, x, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    const auto ts = tensor_shape(op, thr, "threshold", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    if (xs.size() != 4) fail(op, "X must be [N, C, H, W], got " + shape_str(xs));
-    if (ts.size() != 1 || ts[0] != xs[1]) fail(op, "threshold must be [C] = [" + std::to_string(xs[1]) + "], got " + shape_str(ts));
-    const int n = checked_int(op, xs[0], "batch"), c = checked_int(op, xs[1], "channels");
-    const int h = checked_int(op, xs[2], "height"), w = checked_int(op, xs[3], "width");
-    if (c < 1) fail(op, "X has no channels: " + shape_str(xs));
+    const auto in = read_x_threshold(ctx, op);
+    const int n = in.n, c = in.c, h = in.h, w = in.w;
+    const auto& xs = in.shape;
     const int64_t oh = params_.out_h(h), ow = params_.out_w(w);
     if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
     auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(c), oh, ow});
     if (n == 0) return;
-    pool::avg_pool_binarize(params_, x.GetTensorData<float>(), n, c, h, w, thr.GetTensorData<float>(),
+    pool::avg_pool_binarize(params_, in.x.GetTensorData<float>(), n, c, h, w, in.threshold.GetTensorData<float>(),
                             reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), path_,
                             session_parallel_for(ctx));
   });
@@ -105,46 +100,9 @@ OrtStatusPtr BitMaxPoolKernel::ComputeV2(OrtKernelContext* context) {
   });
 }
 
-ConvBinarizeKernel::ConvBinarizeKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
-  const char* op = "ConvBinarize";
-  Ort::ConstKernelInfo ki(info);
-  const auto kernel_shape = ints_attr(ki, op, "kernel_shape", {}, true);
-  const auto strides = ints_attr(ki, op, "strides", {1, 1}, false);
-  const auto pads = ints_attr(ki, op, "pads", {0, 0, 0, 0}, false);
-  const auto dilations = ints_attr(ki, op, "dilations", {1, 1}, false);
-  const int64_t group = int_attr(ki, "group", 1);
-  const int64_t relu = int_attr(ki, "relu", 0);
-  if (kernel_shape.size() != 2) fail(op, "kernel_shape must have 2 entries, got " + shape_str(kernel_shape));
-  if (strides.size() != 2) fail(op, "strides must have 2 entries, got " + shape_str(strides));
-  if (dilations.size() != 2) fail(op, "dilations must have 2 entries, got " + shape_str(dilations));
-  if (pads.size() != 4) fail(op, "pads must have 4 entries [top, left, bottom, right], got " + shape_str(pads));
-  for (auto v : kernel_shape) if (v < 1) fail(op, "kernel_shape entries must be >= 1, got " + shape_str(kernel_shape));
-  for (auto v : strides) if (v < 1) fail(op, "strides must be >= 1, got " + shape_str(strides));
-  for (auto v : dilations) if (v < 1) fail(op, "dilations must be >= 1, got " + shape_str(dilations));
-  for (auto v : pads) if (v < 0) fail(op, "pads must be >= 0, got " + shape_str(pads));
-  if (group < 1) fail(op, "group must be >= 1, got " + std::to_string(group));
-  if (relu != 0 && relu != 1) fail(op, "relu must be 0 or 1, got " + std::to_string(relu));
-  attrs_.kernel_h = checked_int(op, kernel_shape[0], "kernel_shape");
-  attrs_.kernel_w = checked_int(op, kernel_shape[1], "kernel_shape");
-  attrs_.stride_h = checked_int(op, strides[0], "strides");
-  attrs_.stride_w = checked_int(op, strides[1], "strides");
-  attrs_.dilation_h = checked_int(op, dilations[0], "dilations");
-  attrs_.dilation_w = checked_int(op, dilations[1], "dilations");
-  attrs_.pad_top = checked_int(op, pads[0], "pads");
-  attrs_.pad_left = checked_int(op, pads[1], "pads");
-  attrs_.pad_bottom = checked_int(op, pads[2], "pads");
-  attrs_.pad_right = checked_int(op, pads[3], "pads");
-  attrs_.group = checked_int(op, group, "group");
-  attrs_.relu = relu == 1;
-  path_ = bconv2d::select_path();
-  int is_constant = 0;
-  try {
-    (void)ki.GetTensorConstantInput(1, &is_constant);
-  } catch (const Ort::Exception&) {
-    is_constant = 0;
-  }
-  weights_constant_ = is_constant != 0;
-}
+ConvBinarizeKernel::ConvBinarizeKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : api_(api), attrs_(read_conv_attributes(Ort::ConstKernelInfo(info), "ConvBinarize")),
+      path_(bconv2d::select_path()), weights_constant_(constant_input(Ort::ConstKernelInfo(info), 1)) {}
 
 OrtStatusPtr ConvBinarizeKernel::ComputeV2(OrtKernelContext* context) {
   return status_of(api_, "ConvBinarize", [&] { Compute(context); });
@@ -180,18 +138,7 @@ void ConvBinarizeKernel::Compute(OrtKernelContext* context) {
   if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
   const conv_binarize::ConvBinarize conv(p, path_);
   const float* wd = in[1].GetTensorData<float>();
-  std::shared_ptr<const conv_binarize::PackedConvWeights> packed;
-  if (weights_constant_) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (!cached_ || cached_w_data_ != wd || cached_channels_ != p.channels) {
-      cached_ = std::make_shared<const conv_binarize::PackedConvWeights>(conv.pack_weights(wd));
-      cached_w_data_ = wd;
-      cached_channels_ = p.channels;
-    }
-    packed = cached_;
-  } else {
-    packed = std::make_shared<const conv_binarize::PackedConvWeights>(conv.pack_weights(wd));
-  }
+  const auto packed = weights_.get(weights_constant_, wd, p.channels, [&] { return conv.pack_weights(wd); });
   auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(p.filters), oh, ow});
   conv.run(in[0].GetTensorData<float>(), n, h, w, *packed, in[2].GetTensorData<float>(), in[3].GetTensorData<float>(),
            reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), session_parallel_for(ctx));

@@ -96,10 +96,7 @@ class ConvBinarizeKernel {
   bconv2d::BConv2DParams attrs_;  // channels and filters filled per call
   bconv2d::PopcountPath path_;
   bool weights_constant_ = false;
-  std::mutex cache_mutex_;
-  std::shared_ptr<const conv_binarize::PackedConvWeights> cached_;
-  const void* cached_w_data_ = nullptr;
-  int cached_channels_ = 0;
+  ConstantCache<conv_binarize::PackedConvWeights> weights_;
 };
 
 struct ConvBinarizeOp : Ort::CustomOpBase<ConvBinarizeOp, ConvBinarizeKernel, /*WithStatus=*/true> {

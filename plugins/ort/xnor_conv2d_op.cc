@@ -1,6 +1,5 @@
 #include "xnor_conv2d_op.h"
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -21,58 +20,23 @@ const char* XnorConv2dKernel::op_name() const {
 XnorConv2dKernel::XnorConv2dKernel(const OrtApi& api, const OrtKernelInfo* info, ConvIo io) : api_(api), io_(io) {
   const char* op = op_name();
   Ort::ConstKernelInfo ki(info);
-  const auto kernel_shape = ints_attr(ki, op, "kernel_shape", {}, true);
-  const auto strides = ints_attr(ki, op, "strides", {1, 1}, false);
-  const auto pads = ints_attr(ki, op, "pads", {0, 0, 0, 0}, false);
-  const auto dilations = ints_attr(ki, op, "dilations", {1, 1}, false);
-  const int64_t group = int_attr(ki, "group", 1);
-  const int64_t relu = int_attr(ki, "relu", 0);
-  if (kernel_shape.size() != 2) fail(op, "kernel_shape must have 2 entries, got " + shape_str(kernel_shape));
-  if (strides.size() != 2) fail(op, "strides must have 2 entries, got " + shape_str(strides));
-  if (dilations.size() != 2) fail(op, "dilations must have 2 entries, got " + shape_str(dilations));
-  if (pads.size() != 4) fail(op, "pads must have 4 entries [top, left, bottom, right], got " + shape_str(pads));
-  for (auto v : kernel_shape) if (v < 1) fail(op, "kernel_shape entries must be >= 1, got " + shape_str(kernel_shape));
-  for (auto v : strides) if (v < 1) fail(op, "strides must be >= 1, got " + shape_str(strides));
-  for (auto v : dilations) if (v < 1) fail(op, "dilations must be >= 1, got " + shape_str(dilations));
-  for (auto v : pads) if (v < 0) fail(op, "pads must be >= 0, got " + shape_str(pads));
-  if (group < 1) fail(op, "group must be >= 1, got " + std::to_string(group));
-  if (relu != 0 && relu != 1) fail(op, "relu must be 0 or 1, got " + std::to_string(relu));
-  attrs_.kernel_h = checked_int(op, kernel_shape[0], "kernel_shape");
-  attrs_.kernel_w = checked_int(op, kernel_shape[1], "kernel_shape");
-  attrs_.stride_h = checked_int(op, strides[0], "strides");
-  attrs_.stride_w = checked_int(op, strides[1], "strides");
-  attrs_.dilation_h = checked_int(op, dilations[0], "dilations");
-  attrs_.dilation_w = checked_int(op, dilations[1], "dilations");
-  attrs_.pad_top = checked_int(op, pads[0], "pads");
-  attrs_.pad_left = checked_int(op, pads[1], "pads");
-  attrs_.pad_bottom = checked_int(op, pads[2], "pads");
-  attrs_.pad_right = checked_int(op, pads[3], "pads");
-  attrs_.group = checked_int(op, group, "group");
-  attrs_.relu = relu == 1;
+  attrs_ = read_conv_attributes(ki, op);
   if (io_ != ConvIo::kFloatToFloat) {
     // Bits do not tell C (the last word may be partly used): the node says it.
     const int64_t channels = int_attr(ki, "channels", -1);
     if (channels < 1) fail(op, "attribute 'channels' (>= 1) is required");
     attrs_.channels = checked_int(op, channels, "channels");
     if (attrs_.channels % attrs_.group)
-      fail(op, "channels " + std::to_string(attrs_.channels) + " not divisible by group " + std::to_string(group));
+      fail(op, "channels " + std::to_string(attrs_.channels) + " not divisible by group " + std::to_string(attrs_.group));
     if (attrs_.group > 1 && attrs_.channels_per_group() % bconv2d::kWordBits)
       fail(op, "with group > 1, channels per group must be a multiple of 32 to read bits, got " +
                    std::to_string(attrs_.channels_per_group()));
   }
   path_ = bconv2d::select_path();  // throws if $XNORPIPE_POPCOUNT names a path this CPU lacks
 
-  auto constant_input = [&ki](size_t index) {
-    int is_constant = 0;
-    try {
-      (void)ki.GetTensorConstantInput(index, &is_constant);
-    } catch (const Ort::Exception&) {
-      is_constant = 0;
-    }
-    return is_constant != 0;
-  };
-  weights_constant_ = constant_input(1);
-  if (io_ == ConvIo::kBitsToBits) output_constant_ = constant_input(2) && constant_input(3) && constant_input(4);
+  weights_constant_ = constant_input(ki, 1);
+  if (io_ == ConvIo::kBitsToBits)
+    output_constant_ = constant_input(ki, 2) && constant_input(ki, 3) && constant_input(ki, 4);
 }
 
 OrtStatusPtr XnorConv2dKernel::ComputeV2(OrtKernelContext* context) {
@@ -136,18 +100,7 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
 
   const BConv2D conv(p, path_);
   const int32_t* w = in[kW].GetTensorData<int32_t>();
-  std::shared_ptr<const bconv2d::PackedFilters> filters;
-  if (weights_constant_) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (!cached_filters_ || cached_w_data_ != w || cached_channels_ != p.channels) {
-      cached_filters_ = std::make_shared<const bconv2d::PackedFilters>(conv.pack_filters(w));
-      cached_w_data_ = w;
-      cached_channels_ = p.channels;
-    }
-    filters = cached_filters_;
-  } else {
-    filters = std::make_shared<const bconv2d::PackedFilters>(conv.pack_filters(w));
-  }
+  const auto filters = filters_.get(weights_constant_, w, p.channels, [&] { return conv.pack_filters(w); });
 
   bconv2d::ConvInput input;
   if (bits_in) {
@@ -163,15 +116,11 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
     output.bits = reinterpret_cast<uint32_t*>(y.GetTensorMutableData<int32_t>());
     output.threshold = in[kOutThr].GetTensorData<float>();
     if (output_constant_ && filters->kernel == bconv2d::ConvKernel::kPointwise) {
-      const void* keys[3] = {in[kScale].GetTensorRawData(), in[kBias].GetTensorRawData(), output.threshold};
-      std::lock_guard<std::mutex> lock(cache_mutex_);
-      if (!cached_intervals_ || !std::equal(keys, keys + 3, cached_interval_keys_) ||
-          cached_intervals_->lo.size() != size_t(p.filters)) {
-        cached_intervals_ = std::make_shared<const bconv2d::PopcountIntervals>(conv.popcount_intervals(
-            in[kScale].GetTensorData<float>(), in[kBias].GetTensorData<float>(), output.threshold));
-        std::copy(keys, keys + 3, cached_interval_keys_);
-      }
-      intervals = cached_intervals_;
+      // Keyed by the threshold's buffer: scale, bias and threshold are initializers of one node.
+      intervals = intervals_.get(true, output.threshold, p.filters, [&] {
+        return conv.popcount_intervals(in[kScale].GetTensorData<float>(), in[kBias].GetTensorData<float>(),
+                                       output.threshold);
+      });
       output.intervals = intervals.get();
     }
   } else {

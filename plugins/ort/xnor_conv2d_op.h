@@ -28,17 +28,13 @@ class XnorConv2dKernel {
   ConvIo io_;
   bconv2d::BConv2DParams attrs_;  // channels (float input) / filters filled per call from the inputs
   bconv2d::PopcountPath path_;    // from CPUID / $XNORPIPE_POPCOUNT at kernel creation
-  bool weights_constant_ = false;
   // Reordered weights of a constant-initializer W, built on first use (needs C for masking).
-  std::mutex cache_mutex_;
-  std::shared_ptr<const bconv2d::PackedFilters> cached_filters_;
-  const void* cached_w_data_ = nullptr;
-  int cached_channels_ = 0;
+  bool weights_constant_ = false;
+  ConstantCache<bconv2d::PackedFilters> filters_;
   // Bit output of a pointwise layer: the popcount intervals of constant scale, bias and
   // output_threshold, built on first use (O(M * C) float evaluations: once, not per call).
   bool output_constant_ = false;
-  std::shared_ptr<const bconv2d::PopcountIntervals> cached_intervals_;
-  const void* cached_interval_keys_[3] = {nullptr, nullptr, nullptr};
+  ConstantCache<bconv2d::PopcountIntervals> intervals_;
 };
 
 template <ConvIo kIo>
