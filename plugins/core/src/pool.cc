@@ -45,7 +45,9 @@ namespace {
 // One channel plane: vertical window sums per output row into a zero-padded row buffer, then
 // the horizontal window sums at the output columns, compared with the threshold. target_clones
 // builds it for AVX-512, AVX2 and baseline x86-64 and picks one when the library loads.
+#if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 void avg_plane_bits(const float* plane, int in_h, int in_w, const PoolParams& p, int out_h, int out_w, float* prow,
                     float count, float thr, uint32_t bit, uint32_t* out) {
   float* row = prow + p.pad_left;  // prow: [pad_left zeros][W sums][pad_right zeros]
