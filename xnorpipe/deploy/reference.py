@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xnorpipe.deploy.packing import WORD_BITS, unpack_weights
+from xnorpipe.deploy.packing import num_words, pack_bits, unpack_bits, unpack_weights
 
 
 def binarize_input(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -81,10 +81,6 @@ def xnor_conv2d(
 # 32*q + k, set = +1. These are the oracle of the native kernels' tests: keep them plain.
 
 
-def _words(channels: int) -> int:
-    return (channels + WORD_BITS - 1) // WORD_BITS
-
-
 def binarize_bits(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """float [N, C, H, W] -> int32 [N, ceil(C/32), H, W]: bit = x >= threshold[c] (NaN: 0)."""
     return _compare_and_pack(np.asarray(x, dtype=np.float32), threshold)
@@ -93,17 +89,12 @@ def binarize_bits(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
 def _compare_and_pack(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """x >= threshold[c] (float32 threshold, compared in x's dtype; NaN: 0), packed to words."""
     threshold = np.asarray(threshold, dtype=np.float32)
-    n, c, h, w = x.shape
+    c = x.shape[1]
     if threshold.shape != (c,):
         raise ValueError(f"threshold must be [{c}], got {list(threshold.shape)}")
     with np.errstate(invalid="ignore"):
         bits = x >= threshold.astype(x.dtype).reshape(1, c, 1, 1)
-    nw = _words(c)
-    padded = np.zeros((n, nw * WORD_BITS, h, w), dtype=np.uint64)
-    padded[:, :c] = bits  # bits past C are 0
-    weights = (np.uint64(1) << np.arange(WORD_BITS, dtype=np.uint64)).reshape(1, 1, WORD_BITS, 1, 1)
-    words = (padded.reshape(n, nw, WORD_BITS, h, w) * weights).sum(axis=2, dtype=np.uint64)
-    return words.astype(np.uint32).view(np.int32)
+    return np.ascontiguousarray(pack_bits(bits.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
 
 
 def unpack_activation_bits(xp: np.ndarray, channels: int) -> np.ndarray:
@@ -111,13 +102,25 @@ def unpack_activation_bits(xp: np.ndarray, channels: int) -> np.ndarray:
     xp = np.asarray(xp)
     if xp.dtype != np.int32 or xp.ndim != 4:
         raise ValueError(f"activation bits must be int32 [N, words, H, W], got {xp.dtype} {xp.shape}")
-    if xp.shape[1] != _words(channels):
+    if xp.shape[1] != num_words(channels):
         raise ValueError(f"{xp.shape[1]} words cannot hold {channels} channels")
-    n, nw, h, w = xp.shape
-    u = xp.view(np.uint32).astype(np.uint64)[:, :, None]
-    bits = (u >> np.arange(WORD_BITS, dtype=np.uint64).reshape(1, 1, WORD_BITS, 1, 1)) & np.uint64(1)
-    bits = bits.reshape(n, nw * WORD_BITS, h, w)[:, :channels]
-    return (bits.astype(np.float32) * 2 - 1).copy()
+    return np.ascontiguousarray(unpack_bits(xp.transpose(0, 2, 3, 1), channels).transpose(0, 3, 1, 2))
+
+
+def _window_taps(x: np.ndarray, dtype, kernel_shape: Sequence[int], strides: Sequence[int],
+                 pads: Sequence[int]):
+    """Zero-pad x [N, C, H, W] (as `dtype`) and yield, for each window tap (i, j), the
+    [N, C, Ho, Wo] values it reads: ONNX pooling geometry, floor mode, pads [t, l, b, r]."""
+    (kh, kw), (sh, sw) = kernel_shape, strides
+    top, left, bottom, right = pads
+    n, c, h, w = x.shape
+    padded = np.zeros((n, c, h + top + bottom, w + left + right), dtype=dtype)
+    padded[:, :, top:top + h, left:left + w] = x
+    ho = (h + top + bottom - kh) // sh + 1
+    wo = (w + left + right - kw) // sw + 1
+    for i in range(kh):
+        for j in range(kw):
+            yield padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
 
 
 def bit_max_pool(xp: np.ndarray, kernel_shape: Sequence[int], strides: Sequence[int],
@@ -128,17 +131,10 @@ def bit_max_pool(xp: np.ndarray, kernel_shape: Sequence[int], strides: Sequence[
     xp = np.asarray(xp)
     if xp.dtype != np.int32 or xp.ndim != 4:
         raise ValueError(f"activation bits must be int32 [N, words, H, W], got {xp.dtype} {xp.shape}")
-    (kh, kw), (sh, sw) = kernel_shape, strides
-    top, left, bottom, right = pads
-    n, nw, h, w = xp.shape
-    ho = (h + top + bottom - kh) // sh + 1
-    wo = (w + left + right - kw) // sw + 1
-    padded = np.zeros((n, nw, h + top + bottom, w + left + right), dtype=np.uint32)  # 0: OR identity
-    padded[:, :, top:top + h, left:left + w] = xp.view(np.uint32)
-    out = np.zeros((n, nw, ho, wo), dtype=np.uint32)
-    for i in range(kh):
-        for j in range(kw):
-            out |= padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    taps = _window_taps(xp.view(np.uint32), np.uint32, kernel_shape, strides, pads)  # 0: OR identity
+    out = next(taps).copy()
+    for tap in taps:
+        out |= tap
     return out.view(np.int32)
 
 
@@ -223,18 +219,9 @@ def avg_pool2d64(
     """ONNX AveragePool with count_include_pad=1 (zero padding counts in the divisor
     kH * kW), floor mode, pads [top, left, bottom, right], in float64 on the float32 values:
     float64 [N, C, Ho, Wo]. NaN in a window gives NaN (and +inf with -inf)."""
-    (kh, kw), (sh, sw) = kernel_shape, strides
-    top, left, bottom, right = pads
-    n, c, h, w = np.shape(x)
-    xt = np.zeros((n, c, h + top + bottom, w + left + right), dtype=np.float64)
-    xt[:, :, top:top + h, left:left + w] = np.asarray(x, dtype=np.float32)
-    ho = (h + top + bottom - kh) // sh + 1
-    wo = (w + left + right - kw) // sw + 1
-    s = np.zeros((n, c, ho, wo), dtype=np.float64)
+    kh, kw = kernel_shape
     with np.errstate(invalid="ignore"):
-        for i in range(kh):
-            for j in range(kw):
-                s += xt[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+        s = sum(_window_taps(np.asarray(x, dtype=np.float32), np.float64, kernel_shape, strides, pads))
     return s / (kh * kw)
 
 
