@@ -96,7 +96,8 @@ struct PointwiseArgs {
   int64_t out_bits_stride = 0;
   const float* out_threshold = nullptr;  // [kPointwiseFilters] (padded)
   int first_filter = 0;
-  // Optional, with out_bits: the bit as a popcount interval (PopcountIntervals), no float math.
+  // Optional, with out_bits: the bit as a popcount interval (PopcountIntervals), no float math;
+  // used when the block's filters share one output word.
   const int32_t* out_pc_lo = nullptr;     // [kPointwiseFilters] (padded)
   const uint32_t* out_pc_range = nullptr;
 };

@@ -10,6 +10,30 @@
 
 namespace xnorpipe::bconv2d {
 
+namespace {
+
+// One word per pixel: channels c0 .. c0+count-1 (planes `plane` floats apart, from pixel `src`)
+// compared with their thresholds, bit k = channel c0+k, for NV vectors of 16 pixels; live[v]
+// masks each vector's pixels. Shared by both packers: the binarization is written once.
+template <int NV>
+inline void binarize_word(const float* src, int64_t plane, const float* threshold, int count,
+                          const __mmask16 live[NV], __m512i acc[NV]) {
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_si512();
+  for (int k = 0; k < count; ++k, src += plane) {
+    const __m512 thr = _mm512_set1_ps(threshold[k]);
+    const __m512i bit = _mm512_set1_epi32(int(1u << k));
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m512 x = _mm512_maskz_loadu_ps(live[v], src + 16 * v);
+      // _CMP_GE_OQ: ordered compare, NaN -> false -> bit 0 (-1).
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(live[v], x, thr, _CMP_GE_OQ);
+      acc[v] = _mm512_mask_or_epi32(acc[v], ge, acc[v], bit);
+    }
+  }
+}
+
+}  // namespace
+
 void pack_avx512(const PackArgs& a) {
   // 128 pixels (8 zmm of accumulators) per channel pass: each channel plane is then read in
   // 512-byte runs, which the prefetcher follows (16-pixel runs over 100s of 4 KiB-strided
@@ -31,19 +55,7 @@ void pack_avx512(const PackArgs& a) {
         const int c0 = g * a.channels_per_group + q * kWordBits;
         const int count = std::min(kWordBits, a.channels_per_group - q * kWordBits);
         __m512i acc[V];
-        for (int v = 0; v < V; ++v) acc[v] = _mm512_setzero_si512();
-        for (int k = 0; k < count; ++k) {
-          const float* src = a.x + (c0 + k) * plane + p0;
-          const __m512 thr = _mm512_set1_ps(a.threshold[c0 + k]);
-          const __m512i bit = _mm512_set1_epi32(int(1u << k));
-#pragma GCC unroll 8
-          for (int v = 0; v < V; ++v) {
-            const __m512 x = _mm512_maskz_loadu_ps(live[v], src + 16 * v);
-            // _CMP_GE_OQ: ordered compare, NaN -> false -> bit 0 (-1).
-            const __mmask16 ge = _mm512_mask_cmp_ps_mask(live[v], x, thr, _CMP_GE_OQ);
-            acc[v] = _mm512_mask_or_epi32(acc[v], ge, acc[v], bit);
-          }
-        }
+        binarize_word<V>(a.x + c0 * plane + p0, plane, a.threshold + c0, count, live, acc);
         for (int v = 0; v < V; ++v) _mm512_store_si512(words + 16 * v, acc[v]);
         uint32_t* out = a.out + g * a.words_per_tap + q;
         for (int i = 0; i < npx; ++i) out[dst[i]] = words[i];
@@ -56,24 +68,14 @@ namespace {
 // One word (32 channels) for NV vectors of 16 pixels; live masks the last vector's pixels.
 template <int NV>
 inline void pack_planar_words(const PlanarPackArgs& a, int p0, __mmask16 live_last) {
+  __mmask16 live[NV];
+  for (int v = 0; v < NV; ++v) live[v] = v == NV - 1 ? live_last : __mmask16(0xffff);
   for (int g = 0; g < a.group; ++g)
     for (int q = 0; q < a.words_per_tap; ++q) {
       const int c0 = g * a.channels_per_group + q * kWordBits;
       const int count = std::min(kWordBits, a.channels_per_group - q * kWordBits);
       __m512i acc[NV];
-      for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_si512();
-      const float* src = a.x + c0 * a.plane + p0;
-      for (int k = 0; k < count; ++k, src += a.plane) {
-        const __m512 thr = _mm512_set1_ps(a.threshold[c0 + k]);
-        const __m512i bit = _mm512_set1_epi32(int(1u << k));
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) {
-          const __mmask16 live = v == NV - 1 ? live_last : __mmask16(0xffff);
-          const __m512 x = _mm512_maskz_loadu_ps(live, src + 16 * v);
-          const __mmask16 ge = _mm512_mask_cmp_ps_mask(live, x, thr, _CMP_GE_OQ);  // NaN -> 0
-          acc[v] = _mm512_mask_or_epi32(acc[v], ge, acc[v], bit);
-        }
-      }
+      binarize_word<NV>(a.x + c0 * a.plane + p0, a.plane, a.threshold + c0, count, live, acc);
       uint32_t* out = a.out + (g * a.words_per_tap + q) * a.out_stride + p0;
       for (int v = 0; v < NV; ++v) _mm512_storeu_si512(out + 16 * v, acc[v]);  // dead pixels: 0
     }
@@ -118,7 +120,8 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
   const __m512i valid = _mm512_set1_epi32(a.valid_bits);
   const __m512 zero = _mm512_setzero_ps();
   // Fused binarization as popcount intervals, the block's filters in one output word (always
-  // with group 1): their bits are gathered in registers, one read-modify-write per vector.
+  // with group 1): their bits are gathered in registers, one read-modify-write per vector. A
+  // block straddling two words (some grouped layers) takes the float comparison below.
   if (a.out_bits && a.out_pc_lo && a.first_filter % kWordBits + a.filters_valid <= kWordBits) {
     __m512i bits[PV];
     for (int v = 0; v < PV; ++v) bits[v] = _mm512_setzero_si512();
@@ -145,21 +148,6 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
   for (int r = 0; r < R; ++r) {
     if (r >= a.filters_valid) break;
     const __m512 scale = _mm512_set1_ps(a.scale[r]), bias = _mm512_set1_ps(a.bias[r]);
-    if (a.out_bits && a.out_pc_lo) {  // fused binarization as a popcount interval
-      const int m = a.first_filter + r;
-      uint32_t* row = a.out_bits + (m / kWordBits) * a.out_bits_stride + p0;
-      const __m512i bit = _mm512_set1_epi32(int(1u << (m % kWordBits)));
-      const __m512i lo = _mm512_set1_epi32(a.out_pc_lo[r]), range = _mm512_set1_epi32(int(a.out_pc_range[r]));
-#pragma GCC unroll 4
-      for (int v = 0; v < PV; ++v) {
-        const int n = std::clamp(live_px - 16 * v, 0, 16);
-        const __mmask16 in = _mm512_mask_cmp_epu32_mask(__mmask16((1u << n) - 1u), _mm512_sub_epi32(acc[r][v], lo),
-                                                        range, _MM_CMPINT_LE);
-        const __m512i words = _mm512_loadu_si512(row + 16 * v);
-        _mm512_storeu_si512(row + 16 * v, _mm512_mask_or_epi32(words, in, words, bit));
-      }
-      continue;
-    }
     if (a.out_bits) {  // the next layer's binarization, fused: Y never leaves the registers
       const int m = a.first_filter + r;
       uint32_t* row = a.out_bits + (m / kWordBits) * a.out_bits_stride + p0;
