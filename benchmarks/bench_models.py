@@ -65,9 +65,12 @@ def main(argv=None) -> int:
         variants = [(e, None) for e in engines if e != "ort-xnor"]
         if "ort-xnor" in engines:
             variants[1:1] = [("ort-xnor", "packed"), ("ort-xnor", "packed-bits")]
-        sources = {form: lib.prepare_sources(arch=arch, random_init=True, engines=engines,
-                                             xnor_form=form if "ort-xnor" in engines else None)
-                   for form in ("packed", "packed-bits")}
+        # packed-bits serves every engine; the packed source only ort-xnor's packed rows
+        sources = {"packed-bits": lib.prepare_sources(arch=arch, random_init=True, engines=engines,
+                                                      xnor_form="packed-bits" if "ort-xnor" in engines else None)}
+        if "ort-xnor" in engines:
+            sources["packed"] = lib.prepare_sources(arch=arch, random_init=True, engines=["ort-xnor"],
+                                                    xnor_form="packed")
         try:
             for t in threads:
                 for b in batches:

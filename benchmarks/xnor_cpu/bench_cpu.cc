@@ -120,36 +120,26 @@ int main(int argc, char** argv) {
 
   std::printf("## xor-popcount ceiling (one core, in-register loop; 1 bit = 1 binary MAC)\n\n");
   std::printf("| loop | G binary MAC/s |\n|---|---|\n");
-  double ceiling = 0;
+  double ceiling = 0;  // the fastest popcount loop this CPU runs: the per-layer reference
+  // Rate in G ops/s of `loop(iters)`, `ops` operations per iteration.
+  auto rate = [&](double (*loop)(long), long iters, double ops) {
+    volatile double sink = 0;
+    const double t = best_time([&] { sink = sink + loop(iters); }, min_s);
+    return ops * iters / t / 1e9;
+  };
+  auto row = [&](const char* name, double g, bool popcount) {
+    if (popcount && ceiling == 0) ceiling = g;
+    std::printf("| %s | %.0f |\n", name, g);
+  };
   if (cpu_supports(PopcountPath::kAvx512)) {
-    const long iters = 20'000'000;
-    volatile double sink = 0;
-    const double t = best_time([&] { sink = sink + ceiling_avx512(iters); }, min_s);
-    ceiling = 512.0 * kAcc * iters / t / 1e9;
-    std::printf("| avx512: vpxord + vpopcntd + vpaddd, zmm | %.0f |\n", ceiling);
+    row("avx512: vpxord + vpopcntd + vpaddd, zmm", rate(ceiling_avx512, 20'000'000, 512.0 * kAcc), true);
+    // context: the float layers' ceiling (ConvBinarize)
+    row("(float, for context) avx512: vfmadd231ps zmm, fp32 FMA/s", rate(ceiling_fma_avx512, 20'000'000, 16.0 * 16),
+        false);
   }
-  if (cpu_supports(PopcountPath::kAvx512)) {  // context: the float layers' ceiling
-    const long iters = 20'000'000;
-    volatile double sink = 0;
-    const double t = best_time([&] { sink = sink + ceiling_fma_avx512(iters); }, min_s);
-    std::printf("| (float, for context) avx512: vfmadd231ps zmm, fp32 FMA/s | %.0f |\n", 16.0 * 16 * iters / t / 1e9);
-  }
-  if (cpu_supports(PopcountPath::kAvx2)) {
-    const long iters = 20'000'000;
-    volatile double sink = 0;
-    const double t = best_time([&] { sink = sink + ceiling_avx2(iters); }, min_s);
-    const double g = 256.0 * 8 * iters / t / 1e9;
-    if (ceiling == 0) ceiling = g;
-    std::printf("| avx2: vpxor + nibble-LUT vpshufb + vpsadbw, ymm | %.0f |\n", g);
-  }
-  {
-    const long iters = 50'000'000;
-    volatile double sink = 0;
-    const double t = best_time([&] { sink = sink + ceiling_scalar(iters); }, min_s);
-    const double g = 64.0 * 8 * iters / t / 1e9;
-    if (ceiling == 0) ceiling = g;
-    std::printf("| scalar: xor + popcnt r64 + add | %.0f |\n", g);
-  }
+  if (cpu_supports(PopcountPath::kAvx2))
+    row("avx2: vpxor + nibble-LUT vpshufb + vpsadbw, ymm", rate(ceiling_avx2, 20'000'000, 256.0 * 8), true);
+  row("scalar: xor + popcnt r64 + add", rate(ceiling_scalar, 50'000'000, 64.0 * 8), true);
 
   const std::vector<Layer> layers = {
       {"nin_xnornet", "L1", 192, 160, 1, 0, 1, 32, true}, {"nin_xnornet", "L2", 160, 96, 1, 0, 1, 32, true},
