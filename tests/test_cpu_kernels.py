@@ -17,20 +17,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
+from conftest import require_ort_library as _library  # noqa: E402,F401  (other test files import it from here)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from xnorpipe.deploy.packing import num_words, pack_weights  # noqa: E402
 from xnorpipe.deploy.reference import xnor_conv2d  # noqa: E402
-from xnorpipe.errors import XnorpipeError  # noqa: E402
-from xnorpipe.native import ort_library_path  # noqa: E402
-
-
-def _library() -> str:
-    try:
-        return ort_library_path()
-    except XnorpipeError as e:
-        pytest.skip(f"libxnorpipe_ort.so is not built ({e}); build with "
-                    "`cmake -S plugins -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build/dev`")
 
 
 def _cpu_flags() -> set[str]:

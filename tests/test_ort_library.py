@@ -13,8 +13,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # noqa: E402
-
 from test_cpu_kernels import _library, make_session, reference, xnor_model  # noqa: E402
+
 from xnorpipe.deploy.packing import pack_weights  # noqa: E402
 
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.NotImplemented,
@@ -69,7 +69,8 @@ def test_weights_as_graph_input_and_repeated_runs():
 def test_dynamic_batch_and_size():
     rng = np.random.default_rng(2)
     x, w, threshold, scale, bias = _layer(rng, c=40, m=24)
-    model = xnor_model(["N", 40, "H", "W"], w, threshold, scale, bias, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    model = xnor_model(["N", 40, "H", "W"], w, threshold, scale, bias, kernel_shape=[3, 3], strides=[2, 2],
+                       pads=[1, 1, 1, 1])
     sess = make_session(model)
     attrs = dict(strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, relu=0)
     for n, h, wd in [(1, 5, 9), (4, 16, 3), (2, 1, 1)]:
@@ -171,8 +172,8 @@ def test_malformed_bit_op_nodes_raise(what):
     cases = {
         "bits_no_channels": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros), dict(kernel_shape=[1, 1]),
                              TensorProto.FLOAT, "channels"),
-        "bits_words": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros), dict(kernel_shape=[1, 1], channels=100),
-                       TensorProto.FLOAT, "words per pixel"),
+        "bits_words": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros),
+                       dict(kernel_shape=[1, 1], channels=100), TensorProto.FLOAT, "words per pixel"),
         "bits_group_words": ("XnorConv2dBits", bits, dict(W=pack_weights(rng.random((m, 20, 1, 1)) < 0.5), scale=ones,
                                                           bias=zeros),
                              dict(kernel_shape=[1, 1], channels=40, group=2), TensorProto.FLOAT, "multiple of 32"),
@@ -204,9 +205,11 @@ def test_malformed_bit_op_nodes_raise(what):
 
 def test_errors_do_not_kill_the_interpreter():
     """A malformed model in a child interpreter: it must exit normally after catching the error."""
+    library = _library()  # skips where the library is not built
     code = (
-        "import numpy as np, sys\n"
+        "import numpy as np, os, sys\n"
         f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})\n"
+        f"os.environ['XNORPIPE_ORT_LIBRARY'] = {library!r}\n"
         "from test_cpu_kernels import make_session, xnor_model\n"
         "w = np.zeros((4, 3, 3, 2), np.int32)\n"
         "m = xnor_model((1, 8, 5, 5), w, np.zeros(8, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32),"

@@ -1,4 +1,4 @@
-// CUDA kernels of the xnorpipe::XnorConv2d v1 contract (shared/docs/XNORCONV2D.md).
+// CUDA kernels of the xnorpipe::XnorConv2d v1 contract (docs/XNORCONV2D.md).
 //
 // One fused launch per layer (at CIFAR sizes launches dominate): each block binarizes the
 // float input tile it needs into shared-memory bit words, then runs an implicit GEMM

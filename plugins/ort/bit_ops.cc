@@ -39,7 +39,8 @@ OrtStatusPtr BinarizeKernel::ComputeV2(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     const auto in = read_x_threshold(ctx, "Binarize");
     const int n = in.n, c = in.c, h = in.h, w = in.w;
-    auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(c), h, w});
+    auto out = ctx.GetOutput(0, output_dims("Binarize", {n, bconv2d::num_words(c), h, w}));
+    if (int64_t(n) * h * w == 0) return;  // empty: the data pointers may be null
     bconv2d::binarize(in.x.GetTensorData<float>(), n, c, int64_t(h) * w, in.threshold.GetTensorData<float>(),
                       reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), path_, session_parallel_for(ctx));
   });
@@ -60,8 +61,9 @@ AvgPoolBinarizeKernel::AvgPoolBinarizeKernel(const OrtApi& api, const OrtKernelI
       path_(bconv2d::select_path()) {
   // Only the ONNX AveragePool variant the exporter emits: count_include_pad=1, ceil_mode=0.
   Ort::ConstKernelInfo ki(info);
-  if (int_attr(ki, "count_include_pad", 1) != 1) fail("AvgPoolBinarize", "only count_include_pad=1 is implemented");
-  if (int_attr(ki, "ceil_mode", 0) != 0) fail("AvgPoolBinarize", "only ceil_mode=0 is implemented");
+  if (int_attr(ki, "AvgPoolBinarize", "count_include_pad", 1) != 1)
+    fail("AvgPoolBinarize", "only count_include_pad=1 is implemented");
+  if (int_attr(ki, "AvgPoolBinarize", "ceil_mode", 0) != 0) fail("AvgPoolBinarize", "only ceil_mode=0 is implemented");
 }
 
 OrtStatusPtr AvgPoolBinarizeKernel::ComputeV2(OrtKernelContext* context) {
@@ -73,7 +75,7 @@ OrtStatusPtr AvgPoolBinarizeKernel::ComputeV2(OrtKernelContext* context) {
     const auto& xs = in.shape;
     const int64_t oh = params_.out_h(h), ow = params_.out_w(w);
     if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
-    auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(c), oh, ow});
+    auto out = ctx.GetOutput(0, output_dims(op, {n, bconv2d::num_words(c), oh, ow}));
     if (n == 0) return;
     pool::avg_pool_binarize(params_, in.x.GetTensorData<float>(), n, c, h, w, in.threshold.GetTensorData<float>(),
                             reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), path_,
@@ -93,7 +95,7 @@ OrtStatusPtr BitMaxPoolKernel::ComputeV2(OrtKernelContext* context) {
     const int h = checked_int(op, xs[2], "height"), w = checked_int(op, xs[3], "width");
     const int64_t oh = params_.out_h(h), ow = params_.out_w(w);
     if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
-    auto out = ctx.GetOutput(0, std::vector<int64_t>{n, words, oh, ow});
+    auto out = ctx.GetOutput(0, output_dims(op, {n, words, oh, ow}));
     if (n == 0 || words == 0) return;
     pool::bit_max_pool(params_, reinterpret_cast<const uint32_t*>(x.GetTensorData<int32_t>()), n, words, h, w,
                        reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), session_parallel_for(ctx));
@@ -136,10 +138,11 @@ void ConvBinarizeKernel::Compute(OrtKernelContext* context) {
       fail(op, std::string(names[i]) + " must be [" + std::to_string(p.filters) + "], got " + shape_str(shape[i]));
   const int64_t oh = p.out_h(h), ow = p.out_w(w);
   if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
-  const conv_binarize::ConvBinarize conv(p, path_);
+  const conv_binarize::ConvBinarize conv(p, path_);  // checks the attributes with C and M
+  auto out = ctx.GetOutput(0, output_dims(op, {n, bconv2d::num_words(p.filters), oh, ow}));
+  if (n == 0) return;  // an empty batch: the data pointers may be null
   const float* wd = in[1].GetTensorData<float>();
   const auto packed = weights_.get(weights_constant_, wd, p.channels, [&] { return conv.pack_weights(wd); });
-  auto out = ctx.GetOutput(0, std::vector<int64_t>{n, bconv2d::num_words(p.filters), oh, ow});
   conv.run(in[0].GetTensorData<float>(), n, h, w, *packed, in[2].GetTensorData<float>(), in[3].GetTensorData<float>(),
            reinterpret_cast<uint32_t*>(out.GetTensorMutableData<int32_t>()), session_parallel_for(ctx));
 }

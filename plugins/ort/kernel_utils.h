@@ -7,6 +7,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bconv2d/limits.h"
 #include "core/bconv2d/optimized.h"
 
 namespace xnorpipe::ort {
@@ -23,23 +25,81 @@ namespace xnorpipe::ort {
   throw std::invalid_argument(std::string(op) + ": " + what);
 }
 
-// Missing optional attribute -> fallback (ORT has no "has attribute" query).
-inline std::vector<int64_t> ints_attr(const Ort::ConstKernelInfo& info, const char* op, const char* name,
+// Attributes. ORT's C API (1.21 headers, any later runtime) tells an absent attribute from one
+// of another type this way: the array getters read the attribute's list field whatever its
+// type (empty for a scalar) and fail only when the node has no attribute of that name; the
+// scalar getters fail unless the type matches. Only an absent attribute takes its default; a
+// present one of the wrong type is an error (tests/test_native_hostile.py checks both).
+inline bool api_ok(OrtStatus* status) {
+  if (!status) return true;
+  Ort::GetApi().ReleaseStatus(status);
+  return false;
+}
+
+inline bool has_attr(const Ort::ConstKernelInfo& ki, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  int64_t i = 0;
+  float f = 0;
+  // The first call decides with every runtime so far; the typed ones keep a present int, float
+  // or string attribute present should a runtime ever type-check the array getters.
+  return api_ok(api.KernelInfoGetAttributeArray_int64(ki, name, nullptr, &size)) ||
+         api_ok(api.KernelInfoGetAttribute_int64(ki, name, &i)) || api_ok(api.KernelInfoGetAttribute_float(ki, name, &f)) ||
+         api_ok(api.KernelInfoGetAttribute_string(ki, name, nullptr, &size)) ||
+         api_ok(api.KernelInfoGetAttributeArray_float(ki, name, nullptr, &size));
+}
+
+// What a present attribute holds, for error messages: "a float (1.5)", "a string", ...
+inline std::string attr_kind(const Ort::ConstKernelInfo& ki, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  int64_t i = 0;
+  float f = 0;
+  size_t size = 0;
+  if (api_ok(api.KernelInfoGetAttribute_int64(ki, name, &i))) return "an int (" + std::to_string(i) + ")";
+  if (api_ok(api.KernelInfoGetAttribute_float(ki, name, &f))) {
+    char text[32];
+    std::snprintf(text, sizeof text, "a float (%g)", f);
+    return text;
+  }
+  if (api_ok(api.KernelInfoGetAttribute_string(ki, name, nullptr, &size))) return "a string";
+  if (api_ok(api.KernelInfoGetAttributeArray_float(ki, name, nullptr, &size)) && size > 0) return "floats";
+  if (api_ok(api.KernelInfoGetAttributeArray_int64(ki, name, nullptr, &size)) && size > 0) return "ints";
+  return "an empty list or a tensor/graph attribute";
+}
+
+// An ints attribute: absent -> fallback (or an error if required); present -> a non-empty list
+// of ints, else an error naming what it holds.
+inline std::vector<int64_t> ints_attr(const Ort::ConstKernelInfo& ki, const char* op, const char* name,
                                       std::vector<int64_t> fallback, bool required) {
-  try {
-    return info.GetAttributes<int64_t>(name);
-  } catch (const Ort::Exception&) {
+  if (!has_attr(ki, name)) {
     if (required) fail(op, std::string("attribute '") + name + "' is required");
     return fallback;
   }
+  auto values = ki.GetAttributes<int64_t>(name);
+  if (values.empty()) fail(op, std::string("attribute '") + name + "' must be ints, got " + attr_kind(ki, name));
+  return values;
 }
 
-inline int64_t int_attr(const Ort::ConstKernelInfo& info, const char* name, int64_t fallback) {
+// An int attribute: absent -> fallback; present -> an int, else an error naming what it holds.
+inline int64_t int_attr(const Ort::ConstKernelInfo& ki, const char* op, const char* name, int64_t fallback) {
+  if (!has_attr(ki, name)) return fallback;
+  int64_t value = 0;
+  if (!api_ok(Ort::GetApi().KernelInfoGetAttribute_int64(ki, name, &value)))
+    fail(op, std::string("attribute '") + name + "' must be an int, got " + attr_kind(ki, name));
+  return value;
+}
+
+// ONNX's auto_pad: only NOTSET (explicit pads) is implemented; SAME_* or VALID would silently
+// compute another function.
+inline void check_no_auto_pad(const Ort::ConstKernelInfo& ki, const char* op) {
+  if (!has_attr(ki, "auto_pad")) return;
+  std::string value;
   try {
-    return info.GetAttribute<int64_t>(name);
+    value = ki.GetAttribute<std::string>("auto_pad");
   } catch (const Ort::Exception&) {
-    return fallback;
+    fail(op, "attribute 'auto_pad' must be a string, got " + attr_kind(ki, "auto_pad"));
   }
+  if (value != "NOTSET") fail(op, "auto_pad=" + value + " is not implemented: give explicit pads");
 }
 
 inline int checked_int(const char* op, int64_t v, const char* what) {
@@ -65,17 +125,22 @@ inline std::vector<int64_t> tensor_shape(const char* op, const Ort::ConstValue& 
 }
 
 // Work items run on the session's intra-op thread pool (intra_op_num_threads); with one
-// thread ORT runs them inline.
+// thread ORT runs them inline. guarded_parallel_for keeps every exception on this side of the
+// pool and rethrows the first one here, on the thread that called the kernel.
 inline bconv2d::ParallelFor session_parallel_for(Ort::KernelContext& ctx) {
-  return [&ctx](size_t count, const std::function<void(size_t)>& body) {
-    if (count <= 1) {
-      if (count == 1) body(0);
-      return;
-    }
-    ctx.ParallelFor(
-        [](void* fn, size_t i) { (*static_cast<const std::function<void(size_t)>*>(fn))(i); }, count, 0,
-        const_cast<void*>(static_cast<const void*>(&body)));
-  };
+  return bconv2d::guarded_parallel_for([&ctx](size_t count, const std::function<void(size_t)>& item) {
+    ctx.ParallelFor([](void* fn, size_t i) noexcept { (*static_cast<const std::function<void(size_t)>*>(fn))(i); },
+                    count, 0, const_cast<void*>(static_cast<const void*>(&item)));
+  });
+}
+
+// An output's dims, after checking its element count in 64 bits against core's limit (before
+// ORT allocates it).
+inline std::vector<int64_t> output_dims(const char* op, std::vector<int64_t> dims) {
+  int64_t count = 1;
+  for (int64_t d : dims) count = bconv2d::sat_mul(count, d);
+  bconv2d::check_elements(op, "the output", count);
+  return dims;
 }
 
 // The exception being handled as an OrtStatus: ORT's own code, ORT_INVALID_ARGUMENT for bad
@@ -122,20 +187,28 @@ struct Window {
   int kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right;
 };
 
+// `values` must have `count` entries in [lo, kMaxWindow] (core/bconv2d/limits.h).
+inline void check_entries(const char* op, const char* name, const std::vector<int64_t>& values, size_t count,
+                          int64_t lo) {
+  if (values.size() != count)
+    fail(op, std::string(name) + " must have " + std::to_string(count) + " entries, got " + shape_str(values));
+  for (int64_t v : values)
+    if (v < lo || v > bconv2d::kMaxWindow)
+      fail(op, std::string(name) + " entries must be in [" + std::to_string(lo) + ", " +
+                   std::to_string(bconv2d::kMaxWindow) + "], got " + shape_str(values));
+}
+
 inline Window read_window(const Ort::ConstKernelInfo& ki, const char* op) {
+  check_no_auto_pad(ki, op);
   const auto kernel_shape = ints_attr(ki, op, "kernel_shape", {}, true);
   const auto strides = ints_attr(ki, op, "strides", {1, 1}, false);
   const auto pads = ints_attr(ki, op, "pads", {0, 0, 0, 0}, false);
-  if (kernel_shape.size() != 2) fail(op, "kernel_shape must have 2 entries, got " + shape_str(kernel_shape));
-  if (strides.size() != 2) fail(op, "strides must have 2 entries, got " + shape_str(strides));
+  check_entries(op, "kernel_shape", kernel_shape, 2, 1);
+  check_entries(op, "strides", strides, 2, 1);
   if (pads.size() != 4) fail(op, "pads must have 4 entries [top, left, bottom, right], got " + shape_str(pads));
-  for (auto v : kernel_shape) if (v < 1) fail(op, "kernel_shape entries must be >= 1, got " + shape_str(kernel_shape));
-  for (auto v : strides) if (v < 1) fail(op, "strides must be >= 1, got " + shape_str(strides));
-  for (auto v : pads) if (v < 0) fail(op, "pads must be >= 0, got " + shape_str(pads));
-  return Window{checked_int(op, kernel_shape[0], "kernel_shape"), checked_int(op, kernel_shape[1], "kernel_shape"),
-                checked_int(op, strides[0], "strides"),           checked_int(op, strides[1], "strides"),
-                checked_int(op, pads[0], "pads"),                 checked_int(op, pads[1], "pads"),
-                checked_int(op, pads[2], "pads"),                 checked_int(op, pads[3], "pads")};
+  check_entries(op, "pads", pads, 4, 0);
+  return Window{int(kernel_shape[0]), int(kernel_shape[1]), int(strides[0]), int(strides[1]),
+                int(pads[0]),         int(pads[1]),         int(pads[2]),   int(pads[3])};
 }
 
 // Copies a window into core's parameter structs (BConv2DParams, PoolParams: same field names).
@@ -156,18 +229,19 @@ void set_window(Params& p, const Window& w) {
 inline bconv2d::BConv2DParams read_conv_attributes(const Ort::ConstKernelInfo& ki, const char* op) {
   const Window win = read_window(ki, op);
   const auto dilations = ints_attr(ki, op, "dilations", {1, 1}, false);
-  const int64_t group = int_attr(ki, "group", 1);
-  const int64_t relu = int_attr(ki, "relu", 0);
-  if (dilations.size() != 2) fail(op, "dilations must have 2 entries, got " + shape_str(dilations));
-  for (auto v : dilations) if (v < 1) fail(op, "dilations must be >= 1, got " + shape_str(dilations));
-  if (group < 1) fail(op, "group must be >= 1, got " + std::to_string(group));
+  const int64_t group = int_attr(ki, op, "group", 1);
+  const int64_t relu = int_attr(ki, op, "relu", 0);
+  check_entries(op, "dilations", dilations, 2, 1);
+  if (group < 1 || group > bconv2d::kMaxWindow)
+    fail(op, "group must be in [1, " + std::to_string(bconv2d::kMaxWindow) + "], got " + std::to_string(group));
   if (relu != 0 && relu != 1) fail(op, "relu must be 0 or 1, got " + std::to_string(relu));
   bconv2d::BConv2DParams p;
   set_window(p, win);
-  p.dilation_h = checked_int(op, dilations[0], "dilations");
-  p.dilation_w = checked_int(op, dilations[1], "dilations");
-  p.group = checked_int(op, group, "group");
+  p.dilation_h = int(dilations[0]);
+  p.dilation_w = int(dilations[1]);
+  p.group = int(group);
   p.relu = relu == 1;
+  p.validate_attributes(op);  // the dilated extent and the tap count
   return p;
 }
 

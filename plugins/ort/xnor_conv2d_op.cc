@@ -23,8 +23,8 @@ XnorConv2dKernel::XnorConv2dKernel(const OrtApi& api, const OrtKernelInfo* info,
   attrs_ = read_conv_attributes(ki, op);
   if (io_ != ConvIo::kFloatToFloat) {
     // Bits do not tell C (the last word may be partly used): the node says it.
-    const int64_t channels = int_attr(ki, "channels", -1);
-    if (channels < 1) fail(op, "attribute 'channels' (>= 1) is required");
+    const int64_t channels = int_attr(ki, op, "channels", -1);
+    if (channels < 1) fail(op, "attribute 'channels' (>= 1) is required, got " + std::to_string(channels));
     attrs_.channels = checked_int(op, channels, "channels");
     if (attrs_.channels % attrs_.group)
       fail(op, "channels " + std::to_string(attrs_.channels) + " not divisible by group " + std::to_string(attrs_.group));
@@ -97,8 +97,13 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
   const int64_t out_h = p.out_h(in_h), out_w = p.out_w(in_w);
   if (out_h < 1 || out_w < 1)
     fail(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " <= 0 for input " + shape_str(xs));
+  const auto y_dims = output_dims(op, {n_batch, bits_out ? bconv2d::num_words(p.filters) : p.filters, out_h, out_w});
 
-  const BConv2D conv(p, path_);
+  const BConv2D conv(p, path_, op);  // checks the attributes with C and M (tap sums in int32)
+  if (n_batch == 0) {  // an empty batch gives an empty output; its data pointers may be null
+    ctx.GetOutput(0, y_dims);
+    return;
+  }
   const int32_t* w = in[kW].GetTensorData<int32_t>();
   const auto filters = filters_.get(weights_constant_, w, p.channels, [&] { return conv.pack_filters(w); });
 
@@ -112,7 +117,7 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
   bconv2d::ConvOutput output;
   std::shared_ptr<const bconv2d::PopcountIntervals> intervals;  // keeps the cached ones alive
   if (bits_out) {
-    auto y = ctx.GetOutput(0, std::vector<int64_t>{n_batch, bconv2d::num_words(p.filters), out_h, out_w});
+    auto y = ctx.GetOutput(0, y_dims);
     output.bits = reinterpret_cast<uint32_t*>(y.GetTensorMutableData<int32_t>());
     output.threshold = in[kOutThr].GetTensorData<float>();
     if (output_constant_ && filters->kernel == bconv2d::ConvKernel::kPointwise) {
@@ -124,7 +129,7 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
       output.intervals = intervals.get();
     }
   } else {
-    auto y = ctx.GetOutput(0, std::vector<int64_t>{n_batch, p.filters, out_h, out_w});
+    auto y = ctx.GetOutput(0, y_dims);
     output.y = y.GetTensorMutableData<float>();
   }
   conv.run(input, n_batch, in_h, in_w, *filters, in[kScale].GetTensorData<float>(), in[kBias].GetTensorData<float>(),

@@ -10,6 +10,7 @@ Sources: `onnx_path`, or a DeployModel (`model`), emitted in memory in the engin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,18 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _run_error(e: Exception) -> str:
+    """ORT's run error as '<op> node: <kernel message>' when it names a node, else its first line."""
+    text = _first_line(e)
+    match = re.search(r"running (\S+) node\..*?Status Message: (.*)", text)
+    return f"{match.group(1)} node: {match.group(2).strip()}" if match else text
+
+
 class OrtEngine(Engine):
     name = "ort"
     form = "portable"  # the form emitted when given a DeployModel instead of a file
     forms: tuple[str, ...] = ("portable",)  # forms `form=` may pick
+    custom_op_library = False  # xnorpipe ops run on libxnorpipe_ort.so (no function body needed)
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, optimization: str = "all", form: str | None = None,
@@ -44,7 +53,7 @@ class OrtEngine(Engine):
                                     f"not {form!r}")
             self.form = form
         if onnx_path is not None:
-            proto = onnx_export.load_onnx(onnx_path)
+            proto = onnx_export.load_onnx(onnx_path, custom_op_library=self.custom_op_library)
             source = str(onnx_path)
         elif model is not None:
             proto = onnx_export.build_onnx(model, self.form)
@@ -58,6 +67,7 @@ class OrtEngine(Engine):
         self.source = source
         self._check_model()
         so = ort.SessionOptions()
+        so.log_severity_level = 4  # errors come back as exceptions, reported once, as one line
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -91,7 +101,10 @@ class OrtEngine(Engine):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as e:  # ORT's own exception types (Fail, RuntimeException, ...)
+            raise XnorpipeError(f"engine {self.name}: running {self.source} failed: {_run_error(e)}") from None
 
     def describe(self) -> dict[str, Any]:
         d = {"engine": self.name, "runtime": f"onnxruntime {self._ort_version}",
@@ -106,6 +119,7 @@ class OrtXnorEngine(OrtEngine):
     name = "ort-xnor"
     form = "packed-bits"
     forms = ("packed", "packed-bits")
+    custom_op_library = True
 
     def _check_model(self) -> None:
         if self.custom_nodes == 0:

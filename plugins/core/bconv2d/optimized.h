@@ -26,6 +26,13 @@ using ParallelFor = std::function<void(std::size_t count, const std::function<vo
 void serial_for(std::size_t count, const std::function<void(std::size_t)>& body);
 // Simple std::thread fallback (threads <= 1: serial).
 ParallelFor thread_parallel_for(int threads);
+// A thread pool's own loop, pool_for(count, item): runs item(i) for every i, on its workers.
+using PoolFor = std::function<void(std::size_t count, const std::function<void(std::size_t)>& item)>;
+// The only way core's kernels reach a pool: no exception ever crosses it (a pool worker cannot
+// unwind one). Each work item runs inside a catch; the first exception is kept, the items not
+// yet started are skipped, and it is rethrown on the calling thread once pool_for returns.
+// One item runs inline, without the pool.
+ParallelFor guarded_parallel_for(PoolFor pool_for);
 
 // Weights in the layout of one popcount path; built once per weight tensor.
 struct PackedFilters {
@@ -141,7 +148,8 @@ struct ConvOutput {
 class BConv2D {
  public:
   // Validates params (std::invalid_argument) and checks the CPU runs `path` (std::runtime_error).
-  BConv2D(const BConv2DParams& params, PopcountPath path);
+  // `op` names the op in error messages (XnorConv2d, XnorConv2dBits, XnorConv2dBitsBinarize).
+  BConv2D(const BConv2DParams& params, PopcountPath path, const char* op = "XnorConv2d");
 
   const BConv2DParams& params() const { return params_; }
   PopcountPath path() const { return path_; }
@@ -159,13 +167,16 @@ class BConv2D {
   // scale, bias and output threshold; empty if the layer has padding (valid counts vary).
   PopcountIntervals popcount_intervals(const float* scale, const float* bias, const float* out_threshold) const;
   // Any input and output kind. Bit input needs group == 1 or (C/group) % 32 == 0, so that
-  // group g's channels are whole words (std::invalid_argument otherwise).
+  // group g's channels are whole words (std::invalid_argument otherwise). n_batch == 0 returns
+  // at once (the data pointers may then be null). Every buffer size is checked against
+  // limits.h before it is allocated.
   void run(const ConvInput& in, int n_batch, int in_h, int in_w, const PackedFilters& filters, const float* scale,
            const float* bias, const ConvOutput& out, const ParallelFor& parallel_for) const;
 
  private:
   BConv2DParams params_;
   PopcountPath path_;
+  const char* op_;
 };
 
 }  // namespace xnorpipe::bconv2d

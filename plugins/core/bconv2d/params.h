@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/bconv2d/limits.h"
+
 namespace xnorpipe::bconv2d {
 
 constexpr int kWordBits = 32;
@@ -37,18 +39,28 @@ struct BConv2DParams {
   // floor(span / stride) + 1; C++ division truncates toward zero, so negative spans need care.
   static int64_t out_size(int64_t span, int stride) { return span < 0 ? 0 : span / stride + 1; }
 
-  // Throws std::invalid_argument naming the first bad attribute.
-  void validate() const {
-    auto fail = [](const std::string& what) { throw std::invalid_argument("XnorConv2d: " + what); };
-    if (group < 1) fail("group must be >= 1, got " + std::to_string(group));
+  // The attributes alone (kernel creation, before C and M are known): window and dilations
+  // within limits.h's bounds, 1 <= group <= kMaxWindow. Throws std::invalid_argument "<op>: ...".
+  void validate_attributes(const char* op = "XnorConv2d") const {
+    check_window(op, *this, dilation_h, dilation_w);
+    if (group < 1 || group > kMaxWindow)
+      size_error(op, "group must be in [1, " + std::to_string(kMaxWindow) + "], got " + std::to_string(group));
+    if (sat_mul(kernel_h, kernel_w) > kMaxValidBits)
+      size_error(op, "kernel_shape " + std::to_string(kernel_h) + "x" + std::to_string(kernel_w) + " has more than " +
+                         std::to_string(kMaxValidBits) + " taps");
+  }
+  // Attributes plus channels and filters (per call).
+  void validate(const char* op = "XnorConv2d") const {
+    validate_attributes(op);
+    auto fail = [op](const std::string& what) { size_error(op, what); };
     if (channels < 1) fail("input channels must be >= 1");
     if (filters < 1) fail("filters (W dim 0) must be >= 1");
     if (channels % group) fail("channels " + std::to_string(channels) + " not divisible by group " + std::to_string(group));
     if (filters % group) fail("filters " + std::to_string(filters) + " not divisible by group " + std::to_string(group));
-    if (kernel_h < 1 || kernel_w < 1) fail("kernel_shape entries must be >= 1");
-    if (stride_h < 1 || stride_w < 1) fail("strides must be >= 1");
-    if (dilation_h < 1 || dilation_w < 1) fail("dilations must be >= 1");
-    if (pad_top < 0 || pad_left < 0 || pad_bottom < 0 || pad_right < 0) fail("pads must be >= 0");
+    // One output sums kH*kW*C/group +-1 products in int32.
+    if (sat_mul(taps(), channels_per_group()) > kMaxValidBits)
+      fail("kernel taps x channels per group = " + std::to_string(sat_mul(taps(), channels_per_group())) +
+           " exceeds " + std::to_string(kMaxValidBits));
   }
 };
 

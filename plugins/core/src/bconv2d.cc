@@ -1,10 +1,13 @@
 // Driver of the optimized binary convolution: weight reordering, input packing, padding
 // classes, work split; the per-ISA tile kernels live in kernels_*.cc.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "core/bconv2d/binarize.h"
@@ -20,18 +23,46 @@ void serial_for(std::size_t count, const std::function<void(std::size_t)>& body)
   for (std::size_t i = 0; i < count; ++i) body(i);
 }
 
+ParallelFor guarded_parallel_for(PoolFor pool_for) {
+  return [pool_for = std::move(pool_for)](std::size_t count, const std::function<void(std::size_t)>& body) {
+    if (count <= 1) {
+      if (count == 1) body(0);
+      return;
+    }
+    std::atomic<bool> failed{false};
+    std::mutex mutex;
+    std::exception_ptr first;
+    pool_for(count, [&](std::size_t i) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      try {
+        body(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!first) first = std::current_exception();
+        failed.store(true, std::memory_order_relaxed);
+      }
+    });
+    if (first) std::rethrow_exception(first);
+  };
+}
+
 ParallelFor thread_parallel_for(int threads) {
   if (threads <= 1) return serial_for;
-  return [threads](std::size_t count, const std::function<void(std::size_t)>& body) {
-    const std::size_t workers = std::min<std::size_t>(threads, count);
+  return guarded_parallel_for([threads](std::size_t count, const std::function<void(std::size_t)>& item) {
+    // Items handed out by a shared counter: if a thread cannot be started, the others
+    // (at least the calling one) still run every item.
+    std::atomic<std::size_t> next{0};
+    auto drain = [&] {
+      for (std::size_t i; (i = next.fetch_add(1)) < count;) item(i);
+    };
     std::vector<std::thread> pool;
-    for (std::size_t t = 1; t < workers; ++t)
-      pool.emplace_back([&, t] {
-        for (std::size_t i = t; i < count; i += workers) body(i);
-      });
-    for (std::size_t i = 0; i < count; i += workers) body(i);
+    try {
+      for (std::size_t t = 1; t < std::min<std::size_t>(threads, count); ++t) pool.emplace_back(drain);
+    } catch (const std::system_error&) {
+    }
+    drain();
     for (auto& th : pool) th.join();
-  };
+  });
 }
 
 namespace {
@@ -52,10 +83,11 @@ int popcount32(uint32_t v) { return __builtin_popcount(v); }
 
 }  // namespace
 
-BConv2D::BConv2D(const BConv2DParams& params, PopcountPath path) : params_(params), path_(path) {
-  params_.validate();
+BConv2D::BConv2D(const BConv2DParams& params, PopcountPath path, const char* op)
+    : params_(params), path_(path), op_(op) {
+  params_.validate(op_);
   if (!cpu_supports(path))
-    throw std::runtime_error(std::string("XnorConv2d: this CPU does not support the ") + path_name(path) +
+    throw std::runtime_error(std::string(op_) + ": this CPU does not support the " + path_name(path) +
                              " popcount path");
 }
 
@@ -165,25 +197,28 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
                   const float* scale, const float* bias, const ConvOutput& out,
                   const ParallelFor& parallel_for) const {
   const BConv2DParams& p = params_;
-  if (n_batch < 0 || in_h < 1 || in_w < 1) throw std::invalid_argument("XnorConv2d: empty input image");
+  auto fail = [this](const std::string& what) { size_error(op_, what); };
+  if (n_batch < 0 || in_h < 1 || in_w < 1) fail("empty input image");
   const int64_t out_h64 = p.out_h(in_h), out_w64 = p.out_w(in_w);
   if (out_h64 < 1 || out_w64 < 1)
-    throw std::invalid_argument("XnorConv2d: output size " + std::to_string(out_h64) + "x" + std::to_string(out_w64) +
-                                " <= 0 (input too small for kernel, dilation and pads)");
+    fail("output size " + std::to_string(out_h64) + "x" + std::to_string(out_w64) +
+         " <= 0 (input too small for kernel, dilation and pads)");
   if (filters.path != path_ || (path_ != PopcountPath::kReference && filters.words.empty()))
-    throw std::invalid_argument("XnorConv2d: filters were packed for another popcount path");
-  if ((in.bits != nullptr) == (in.x != nullptr) || (in.x && !in.threshold))
-    throw std::invalid_argument("XnorConv2d: give either float input with thresholds or bits");
-  if ((out.bits != nullptr) == (out.y != nullptr) || (out.bits && !out.threshold))
-    throw std::invalid_argument("XnorConv2d: give either a float output or bits with thresholds");
+    fail("filters were packed for another popcount path");
   if (in.bits && p.group > 1 && p.channels_per_group() % kWordBits)
-    throw std::invalid_argument("XnorConv2dBits: with group > 1 the channels per group must be a multiple of 32, got " +
-                                std::to_string(p.channels_per_group()));
-  if (n_batch == 0) return;
-  const int out_h = int(out_h64), out_w = int(out_w64);
+    fail("with group > 1 the channels per group must be a multiple of 32, got " + std::to_string(p.channels_per_group()));
+  if (n_batch == 0) return;  // an empty batch: ORT may hand null data pointers
+  if ((in.bits != nullptr) == (in.x != nullptr) || (in.x && !in.threshold))
+    fail("give either float input with thresholds or bits");
+  if ((out.bits != nullptr) == (out.y != nullptr) || (out.bits && !out.threshold))
+    fail("give either a float output or bits with thresholds");
+  // Sizes in 64 bits (saturating), checked before anything is allocated: the output (float Y
+  // or its float block), the pixel tables and the packed image use 32-bit offsets.
   const int64_t in_plane = int64_t(in_h) * in_w;
-  const int64_t in_image = int64_t(p.channels) * in_plane;
-  const int64_t out_plane = int64_t(out_h) * out_w;
+  const int64_t in_image = sat_mul(p.channels, in_plane);
+  const int64_t out_plane = sat_mul(out_h64, out_w64);
+  check_elements(op_, "the output", sat_mul(n_batch, out.bits ? num_words(p.filters) : p.filters, out_plane));
+  const int out_w = int(out_w64);  // <= in_w + pads < 2^31
   const int in_words = num_words(p.channels), out_words = num_words(p.filters);
   // Bit input: word j of pixel i, with the bits past C cleared (the contract ignores them).
   const uint32_t last_word_mask = channel_mask(p.channels - (in_words - 1) * kWordBits);
@@ -198,6 +233,7 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
     const float* x = in.x;
     const float* thr = in.threshold;
     if (in.bits) {
+      check_elements(op_, "the reference path's float input", sat_mul(n_batch, in_image));
       x_pm1.resize(size_t(n_batch) * in_image);
       zero_thr.assign(p.channels, 0.f);
       for (int n = 0; n < n_batch; ++n)
@@ -209,6 +245,7 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
     }
     float* y = out.y;
     if (out.bits) {
+      check_elements(op_, "the reference path's float output", sat_mul(n_batch, p.filters, out_plane));
       y_tmp.resize(size_t(n_batch) * p.filters * out_plane);
       y = y_tmp.data();
     }
@@ -321,10 +358,11 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
   }
 
   const int group_words = G * nw;
-  const int padded_h = in_h + p.pad_top + p.pad_bottom, padded_w = in_w + p.pad_left + p.pad_right;
-  const int64_t image_words = int64_t(padded_h) * padded_w * group_words;
-  if (image_words * n_batch > (int64_t(1) << 31) || out_plane + kMaxTilePixels > (int64_t(1) << 31))
-    throw std::invalid_argument("XnorConv2d: input too large for 32-bit offsets");
+  const int64_t padded_h64 = int64_t(in_h) + p.pad_top + p.pad_bottom, padded_w64 = int64_t(in_w) + p.pad_left + p.pad_right;
+  const int64_t image_words = sat_mul(padded_h64, padded_w64, group_words);
+  check_elements(op_, "the zero-padded packed input", sat_mul(image_words, n_batch));
+  check_elements(op_, "the output plane in whole tiles", sat_add(out_plane, kMaxTilePixels));
+  const int padded_h = int(padded_h64), padded_w = int(padded_w64);
 
   // 1. Binarize + pack (or copy the bits) once per call. Border pixels of the padded image
   //    are zero bits.
@@ -354,14 +392,15 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
     void (*pack_fn)(const PackArgs&) = path_ == PopcountPath::kAvx512 ? pack_avx512
                                        : path_ == PopcountPath::kAvx2 ? pack_avx2
                                                                       : pack_portable;
-    const int in_pixels = in_h * in_w;
+    const int64_t in_pixels = in_plane;  // < image_words: fits int
     constexpr int kPackChunk = 256;
-    const int pack_chunks = (in_pixels + kPackChunk - 1) / kPackChunk;
+    const int64_t pack_chunks = (in_pixels + kPackChunk - 1) / kPackChunk;
     parallel_for(size_t(n_batch) * pack_chunks, [&](size_t item) {
-      const int n = int(item / pack_chunks), chunk = int(item % pack_chunks);
+      const int n = int(item / pack_chunks);
+      const int64_t begin = int64_t(item % pack_chunks) * kPackChunk;
       PackArgs a{in.x + n * in_image, in.threshold, p.channels, in_h, in_w, G, cg, nw,
                  packed.get() + n * image_words, padded_w, p.pad_top, p.pad_left,
-                 chunk * kPackChunk, std::min(in_pixels, (chunk + 1) * kPackChunk)};
+                 int(begin), int(std::min<int64_t>(in_pixels, begin + kPackChunk))};
       pack_fn(a);
     });
   }
@@ -373,7 +412,8 @@ void BConv2D::run(const ConvInput& in, int n_batch, int in_h, int in_w, const Pa
     auto& slot = filters.class_cache->by_size[{in_h, in_w}];
     if (!slot)
       slot = std::make_shared<const PaddingClasses>(build_padding_classes(
-          p, in_h, in_w, filters.tap_popcount, padded_filters, [&](int m) { return (m / mg) * blocks * lanes + m % mg; }));
+          p, in_h, in_w, filters.tap_popcount, padded_filters, [&](int m) { return (m / mg) * blocks * lanes + m % mg; },
+          op_));
     classes_ptr = slot;
   }
   const PaddingClasses& classes = *classes_ptr;

@@ -21,7 +21,7 @@ ConvBinarizeIsa isa_for(PopcountPath path) {
 }
 
 ConvBinarize::ConvBinarize(const BConv2DParams& params, PopcountPath path) : params_(params) {
-  params_.validate();
+  params_.validate("ConvBinarize");
   isa_ = params_.group == 1 ? isa_for(path) : ConvBinarizeIsa::kPortable;  // SIMD rows: group 1
 }
 
@@ -46,31 +46,36 @@ void ConvBinarize::run(const float* x, int n_batch, int in_h, int in_w, const Pa
                        const float* bias, const float* threshold, uint32_t* bits,
                        const bconv2d::ParallelFor& parallel_for) const {
   const BConv2DParams& p = params_;
+  const char* op = "ConvBinarize";
   const int64_t out_h64 = p.out_h(in_h), out_w64 = p.out_w(in_w);
   if (out_h64 < 1 || out_w64 < 1)
-    throw std::invalid_argument("ConvBinarize: output size " + std::to_string(out_h64) + "x" +
-                                std::to_string(out_w64) + " <= 0 (input too small for kernel, dilation and pads)");
-  if (w.isa != isa_) throw std::invalid_argument("ConvBinarize: weights were packed for another kernel");
+    bconv2d::size_error(op, "output size " + std::to_string(out_h64) + "x" + std::to_string(out_w64) +
+                                " <= 0 (input too small for kernel, dilation and pads)");
+  if (w.isa != isa_) bconv2d::size_error(op, "weights were packed for another kernel");
   if (n_batch == 0) return;
-  const int out_h = int(out_h64), out_w = int(out_w64);
   const int words = bconv2d::num_words(p.filters);
-  const int64_t in_plane = int64_t(in_h) * in_w, out_plane = int64_t(out_h) * out_w;
-  const int padded_w = in_w + p.pad_left + p.pad_right;
+  const int64_t in_plane = int64_t(in_h) * in_w, out_plane = bconv2d::sat_mul(out_h64, out_w64);
+  bconv2d::check_elements(op, "the output", bconv2d::sat_mul(n_batch, words, out_plane));
+  const int out_h = int(out_h64), out_w = int(out_w64);  // each <= in + pads < 2^31
+  // Items: (image, block of output rows); 4-row blocks give two threads work at batch 1. An
+  // item copies the zero-padded input rows it reads, all channels: [C][rows_h][padded_w].
+  const int rows_per_item = std::max(1, std::min(4, out_h));
+  const int64_t padded_w = int64_t(in_w) + p.pad_left + p.pad_right;
+  const int64_t max_rows_h = int64_t(rows_per_item - 1) * p.stride_h + int64_t(p.kernel_h - 1) * p.dilation_h + 1;
+  bconv2d::check_elements(op, "the padded input rows of one work item", bconv2d::sat_mul(p.channels, max_rows_h, padded_w));
   // Bias and threshold padded to whole words; pad filters compare 0 >= +inf: bit 0.
   std::vector<float> bias_padded(size_t(words) * 32, 0.f),
       thr_padded(size_t(words) * 32, std::numeric_limits<float>::infinity());
   std::copy(bias, bias + p.filters, bias_padded.begin());
   std::copy(threshold, threshold + p.filters, thr_padded.begin());
 
-  // Items: (image, block of output rows); 4-row blocks give two threads work at batch 1.
-  const int rows_per_item = std::max(1, std::min(4, out_h));
   const int blocks = (out_h + rows_per_item - 1) / rows_per_item;
   parallel_for(size_t(n_batch) * blocks, [&](size_t item) {
     const int n = int(item / blocks), oh0 = int(item % blocks) * rows_per_item;
     const int oh1 = std::min(out_h, oh0 + rows_per_item);
-    // Padded input rows this block reads, all channels: [C][rows_h][padded_w].
-    const int row0 = oh0 * p.stride_h, row1 = (oh1 - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
-    const int rows_h = row1 - row0;
+    // Rows [row0, row1) of the padded input: row1 <= in_h + pads (the output size says so).
+    const int row0 = int(int64_t(oh0) * p.stride_h);
+    const int rows_h = int(int64_t(oh1 - 1 - oh0) * p.stride_h + int64_t(p.kernel_h - 1) * p.dilation_h + 1);
     thread_local std::vector<float> rows;
     rows.assign(size_t(p.channels) * rows_h * padded_w, 0.f);
     for (int c = 0; c < p.channels; ++c)
@@ -82,7 +87,7 @@ void ConvBinarize::run(const float* x, int n_batch, int in_h, int in_w, const Pa
       }
     uint32_t* out = bits + int64_t(n) * words * out_plane;
     if (isa_ != ConvBinarizeIsa::kPortable) {
-      RowArgs a{&p, rows.data(), rows_h, padded_w, row0, w.words.data(), w.taps, words, bias_padded.data(),
+      RowArgs a{&p, rows.data(), rows_h, int(padded_w), row0, w.words.data(), w.taps, words, bias_padded.data(),
                 thr_padded.data(), out, out_plane, out_w, 0, 0, out_w};
       for (int oh = oh0; oh < oh1; ++oh) {
         a.oh = oh;

@@ -9,16 +9,24 @@
 namespace xnorpipe::pool {
 
 void PoolParams::validate(const char* op) const {
-  auto fail = [op](const std::string& what) { throw std::invalid_argument(std::string(op) + ": " + what); };
-  if (kernel_h < 1 || kernel_w < 1) fail("kernel_shape entries must be >= 1");
-  if (stride_h < 1 || stride_w < 1) fail("strides must be >= 1");
-  if (pad_top < 0 || pad_left < 0 || pad_bottom < 0 || pad_right < 0) fail("pads must be >= 0");
+  bconv2d::check_window(op, *this);
   if (pad_top >= kernel_h || pad_bottom >= kernel_h || pad_left >= kernel_w || pad_right >= kernel_w)
-    fail("pads must be smaller than the kernel");
+    bconv2d::size_error(op, "pads must be smaller than the kernel");
 }
+
+namespace {
+// Output size and element count of one call, checked before anything is allocated.
+void check_call(const char* op, const PoolParams& p, int64_t n_batch, int64_t words, int in_h, int in_w) {
+  const int64_t out_h = p.out_h(in_h), out_w = p.out_w(in_w);
+  if (out_h < 1 || out_w < 1)
+    bconv2d::size_error(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " <= 0");
+  bconv2d::check_elements(op, "the output", bconv2d::sat_mul(n_batch, words, out_h, out_w));
+}
+}  // namespace
 
 void bit_max_pool(const PoolParams& p, const uint32_t* bits, int n_batch, int words, int in_h, int in_w,
                   uint32_t* out, const bconv2d::ParallelFor& parallel_for) {
+  check_call("BitMaxPool", p, n_batch, words, in_h, in_w);
   const int64_t out_h = p.out_h(in_h), out_w = p.out_w(in_w);
   const int64_t in_plane = int64_t(in_h) * in_w, out_plane = out_h * out_w;
   // One item per (image, word plane): planes are small (a few KiB) and independent.
@@ -84,11 +92,14 @@ AvgRowTaps::AvgRowTaps(const PoolParams& p, int in_w, int out_w) : index{}, live
 void avg_pool_binarize(const PoolParams& p, const float* x, int n_batch, int channels, int in_h, int in_w,
                        const float* threshold, uint32_t* bits, bconv2d::PopcountPath path,
                        const bconv2d::ParallelFor& parallel_for) {
-  const int out_h = int(p.out_h(in_h)), out_w = int(p.out_w(in_w));
-  const int64_t in_plane = int64_t(in_h) * in_w, out_plane = int64_t(out_h) * out_w;
   const int words = bconv2d::num_words(channels);
-  const float count = float(p.kernel_h * p.kernel_w);  // count_include_pad: zero padding counts
-  const int padded_w = in_w + p.pad_left + p.pad_right;
+  check_call("AvgPoolBinarize", p, n_batch, words, in_h, in_w);
+  const int out_h = int(p.out_h(in_h)), out_w = int(p.out_w(in_w));  // each <= in + pads < 2^31
+  const int64_t in_plane = int64_t(in_h) * in_w, out_plane = int64_t(out_h) * out_w;
+  const float count = float(int64_t(p.kernel_h) * p.kernel_w);  // count_include_pad: zero padding counts
+  const int64_t padded_w64 = int64_t(in_w) + p.pad_left + p.pad_right;
+  bconv2d::check_elements("AvgPoolBinarize", "a zero-padded input row", padded_w64);
+  const int padded_w = int(padded_w64);
   // Rows of up to 32 floats (CIFAR sizes) held in registers on AVX-512.
   const bool simd = path == bconv2d::PopcountPath::kAvx512 && AvgRowTaps::fits(p, in_w, out_w);
   const AvgRowTaps taps(p, in_w, out_w);

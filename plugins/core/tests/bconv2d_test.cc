@@ -1,5 +1,9 @@
 // Every popcount path this CPU runs vs reference.h, bit-exact, on random shapes and edge values.
+#include <atomic>
 #include <cmath>
+#include <functional>
+#include <stdexcept>
+#include <string>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -13,6 +17,148 @@
 #include "core/bconv2d/reference.h"
 
 using namespace xnorpipe::bconv2d;
+
+namespace {
+
+// Runs `f`, which must throw std::invalid_argument whose message starts with `prefix` and
+// contains `needle`.
+template <typename F>
+bool throws(const char* what, F&& f, const std::string& prefix, const std::string& needle) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    const std::string msg = e.what();
+    if (msg.rfind(prefix, 0) == 0 && msg.find(needle) != std::string::npos && msg.find('\n') == std::string::npos)
+      return true;
+    std::printf("FAIL %s: unexpected message: %s\n", what, e.what());
+    return false;
+  } catch (const std::exception& e) {
+    std::printf("FAIL %s: unexpected exception: %s\n", what, e.what());
+    return false;
+  }
+  std::printf("FAIL %s: no exception\n", what);
+  return false;
+}
+
+// Hostile attributes and sizes: checked in 64 bits before any allocation, one-line errors
+// naming the op; an exception in a work item reaches the caller, never a pool thread's top;
+// an empty batch needs no data.
+int hardening_checks(int& cases) {
+  int failures = 0;
+  auto check = [&](bool ok) { ++cases; failures += !ok; };
+  BConv2DParams base;
+  base.channels = 64;
+  base.filters = 32;
+  base.kernel_h = base.kernel_w = 3;
+  auto conv_with = [&](auto edit) {
+    BConv2DParams p = base;
+    edit(p);
+    return [p] { BConv2D conv(p, PopcountPath::kPortable, "XnorConv2dBits"); };
+  };
+  check(throws("kernel", conv_with([](BConv2DParams& p) { p.kernel_w = (1 << 16) + 1; }), "XnorConv2dBits: ", "kernel_shape"));
+  check(throws("stride", conv_with([](BConv2DParams& p) { p.stride_h = 1 << 30; }), "XnorConv2dBits: ", "strides"));
+  check(throws("pads", conv_with([](BConv2DParams& p) { p.pad_left = 1 << 30; }), "XnorConv2dBits: ", "pads"));
+  check(throws("negative pad", conv_with([](BConv2DParams& p) { p.pad_right = -1; }), "XnorConv2dBits: ", "pads"));
+  check(throws("dilation extent", conv_with([](BConv2DParams& p) { p.dilation_h = 1 << 15; }), "XnorConv2dBits: ",
+               "extent"));
+  check(throws("group", conv_with([](BConv2DParams& p) { p.group = (1 << 16) + 1; }), "XnorConv2dBits: ", "group"));
+  check(throws("tap sum", conv_with([](BConv2DParams& p) {
+                 p.kernel_h = p.kernel_w = 1 << 12;
+                 p.channels = 1 << 8;
+               }), "XnorConv2dBits: ", "taps"));
+  xnorpipe::pool::PoolParams pool;
+  pool.kernel_w = 1 << 30;
+  check(throws("pool kernel", [&] { pool.validate("AvgPoolBinarize"); }, "AvgPoolBinarize: ", "kernel_shape"));
+  pool.kernel_w = 2;
+  pool.pad_left = 2;
+  check(throws("pool pads", [&] { pool.validate("BitMaxPool"); }, "BitMaxPool: ", "smaller than the kernel"));
+
+  // An output of more than 2^31 elements: refused before anything is allocated or read.
+  const float dummy[1] = {0.f};
+  uint32_t dummy_bits[1] = {0};
+  {
+    BConv2DParams p = base;
+    p.kernel_h = p.kernel_w = 1;
+    p.pad_top = p.pad_left = p.pad_bottom = p.pad_right = 1 << 16;
+    BConv2D conv(p, PopcountPath::kPortable);
+    const std::vector<int32_t> w(size_t(p.filters) * p.words_per_tap(), 0);
+    const PackedFilters f = conv.pack_filters(w.data());
+    std::vector<float> y(1);
+    check(throws("huge output", [&] {
+      conv.run(ConvInput{dummy, dummy, nullptr}, 1, 1 << 15, 1 << 15, f, dummy, dummy, ConvOutput{y.data(), nullptr, nullptr},
+               thread_parallel_for(2));
+    }, "XnorConv2d: ", "the output"));
+  }
+  {  // ConvBinarize: a work item's padded rows (16 x 196609 x 2^20 floats) would exceed the limit.
+    BConv2DParams p;
+    p.channels = 16;
+    p.filters = 1;
+    p.stride_h = 1 << 16;
+    xnorpipe::conv_binarize::ConvBinarize conv(p, PopcountPath::kPortable);
+    std::vector<float> w(16, 1.f);
+    const auto packed = conv.pack_weights(w.data());
+    check(throws("conv_binarize rows", [&] {
+      conv.run(dummy, 1, 4 << 16, 1 << 20, packed, dummy, dummy, dummy_bits, thread_parallel_for(2));
+    }, "ConvBinarize: ", "padded input rows"));
+  }
+  {  // An empty batch: no data pointers needed, nothing written.
+    BConv2D conv(base, PopcountPath::kPortable);
+    std::vector<int32_t> w(size_t(32) * 9 * 2, 0);
+    const PackedFilters f = conv.pack_filters(w.data());
+    bool ok = true;
+    try {
+      conv.run(ConvInput{}, 0, 8, 8, f, nullptr, nullptr, ConvOutput{}, thread_parallel_for(2));
+    } catch (const std::exception& e) {
+      std::printf("FAIL batch 0: %s\n", e.what());
+      ok = false;
+    }
+    check(ok);
+  }
+  {  // AvgPool over a 65536 x 65536 window (2^32 taps, zero padding counts): x / 2^32.
+    xnorpipe::pool::PoolParams p;
+    p.kernel_h = p.kernel_w = 1 << 16;
+    p.pad_top = p.pad_left = (1 << 16) - 1;
+    p.validate("AvgPoolBinarize");
+    const float x = -2147483648.f, thr = -1.f;  // average -0.5 >= -1: bit set
+    uint32_t bits = 0;
+    xnorpipe::pool::avg_pool_binarize(p, &x, 1, 1, 1, 1, &thr, &bits, PopcountPath::kPortable, serial_for);
+    ++cases;
+    if (bits != 1u) {
+      std::printf("FAIL avg pool 2^32 taps: bits %u\n", bits);
+      ++failures;
+    }
+  }
+  // An exception in a work item: rethrown on the calling thread after the pool joined.
+  for (int threads : {1, 2, 4}) {
+    bool ok = false;
+    try {
+      thread_parallel_for(threads)(64, [](size_t i) {
+        if (i == 5) throw std::invalid_argument("XnorConv2d: item 5 failed");
+      });
+    } catch (const std::invalid_argument& e) {
+      ok = std::string(e.what()) == "XnorConv2d: item 5 failed";
+    }
+    check(ok);
+  }
+  {
+    std::atomic<int> ran{0};
+    bool ok = false;
+    try {
+      guarded_parallel_for([](size_t count, const std::function<void(size_t)>& item) {
+        for (size_t i = 0; i < count; ++i) item(i);  // a serial "pool"
+      })(1000, [&](size_t i) {
+        ++ran;
+        if (i == 10) throw std::runtime_error("stop");
+      });
+    } catch (const std::runtime_error& e) {
+      ok = std::string(e.what()) == "stop";
+    }
+    check(ok && ran == 11);  // the items after the failure are skipped
+  }
+  return failures;
+}
+
+}  // namespace
 
 int main() {
   std::mt19937 rng(1234);
@@ -34,6 +180,9 @@ int main() {
     p.stride_h = uni(1, 2); p.stride_w = uni(0, 3) ? p.stride_h : uni(1, 2);
     p.dilation_h = uni(1, 2); p.dilation_w = uni(1, 2);
     p.pad_top = uni(0, 2); p.pad_left = uni(0, 2); p.pad_bottom = uni(0, 2); p.pad_right = uni(0, 2);
+    if (iter % 9 == 4) {  // pads past the kernel: outputs with no in-image tap (padding classes)
+      p.pad_top = uni(0, 7); p.pad_left = uni(0, 7); p.pad_bottom = uni(0, 7); p.pad_right = uni(0, 7);
+    }
     p.relu = uni(0, 1);
     int n = uni(1, 3), h = uni(1, 13), w = uni(1, 13);
     if (pointwise) {
@@ -310,6 +459,7 @@ int main() {
       }
     }
   }
+  failures += hardening_checks(cases);
   std::printf("%d cases, %d failures; paths:", cases, failures);
   for (auto p : paths) std::printf(" %s", path_name(p));
   std::printf("\n");
