@@ -1,0 +1,204 @@
+"""Ahead-of-time builds of the Triton kernels (xnorpipe.gpu.triton_aot) for sm_80, 86, 89, 90:
+PTX and cubin for nin_xnornet's binary layers in both ONNX forms (packed: XnorConv2d; packed-
+bits: XnorConv2dBits and XnorConv2dBitsBinarize), a grouped layer of nin_gc_xnornet, BitMaxPool
+and Binarize; what a TensorRT AOT launch relies on. No GPU: Triton compiles for a named target.
+The first run compiles about 30 kernels (a minute or two on 2 cores); Triton caches them on disk.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from xnorpipe.gpu import triton_aot as ta  # noqa: E402
+from xnorpipe.gpu import triton_kernels as tk  # noqa: E402
+
+# nin_xnornet's binary layers: (C, H = W, M, kernel, packed-bits op), pads (k - 1) / 2, relu.
+NIN_LAYERS = [(192, 32, 160, 1, "XnorConv2dBitsBinarize"), (160, 32, 96, 1, "XnorConv2dBitsBinarize"),
+              (96, 16, 192, 3, "XnorConv2dBitsBinarize"), (192, 16, 192, 1, "XnorConv2dBitsBinarize"),
+              (192, 16, 192, 1, "XnorConv2dBits"), (192, 8, 192, 3, "XnorConv2dBitsBinarize"),
+              (192, 8, 192, 1, "XnorConv2dBits")]
+
+
+def representative(capability: int) -> list[ta.AotKernel]:
+    out = []
+    for c, hw, m, k, bits_op in NIN_LAYERS:
+        attrs = dict(num_filters=m, kernel_shape=(k, k), pads=((k - 1) // 2,) * 4, relu=1)
+        out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(c, hw, hw), **attrs))
+        out.append(ta.compile_op(bits_op, capability=capability, input_shape=(-(-c // 32), hw, hw), channels=c,
+                                 **attrs))
+    # nin_gc_xnornet's layer 3: 16 groups of 16 channels (the grouped code path)
+    out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(256, 16, 16), num_filters=512,
+                             kernel_shape=(3, 3), pads=(1, 1, 1, 1), group=16, relu=1))
+    out.append(ta.compile_op("BitMaxPool", capability=capability, input_shape=(3, 32, 32), kernel_shape=(3, 3),
+                             strides=(2, 2), pads=(1, 1, 1, 1)))
+    out.append(ta.compile_op("Binarize", capability=capability, input_shape=(192, 32, 32)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[int, list[ta.AotKernel]]:
+    return {cap: representative(cap) for cap in ta.TARGETS}
+
+
+def _sass(cubin: bytes) -> str | None:
+    tool = ta.cuobjdump_path()
+    if tool is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.parametrize("capability", ta.TARGETS)
+def test_ptx_and_cubin_of_every_op(built, capability):
+    kernels = built[capability]
+    assert {k.op for k in kernels} == set(tk.OPS)
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    for k in kernels:
+        assert k.capability == capability
+        assert re.search(rf"\.entry\s+{k.name}\s*\(", k.ptx), k.name
+        assert re.search(r"^\.version 8\.0$", k.ptx, re.M) and re.search(rf"^\.target {arch}\b", k.ptx, re.M)
+        assert k.cubin[:4] == b"\x7fELF" and k.name.encode() in k.cubin
+        assert k.name == tk.KERNEL_NAMES[k.op]
+
+
+@pytest.mark.parametrize("capability", ta.TARGETS)
+def test_conv_kernels_use_popc_and_round_twice(built, capability):
+    """XOR-popcount in hardware; the output transform as mul.rn then add.rn (no FMA: the
+    contract's two roundings, also through a driver's PTX JIT); relu as a select that keeps
+    NaN and -0.0 (no max.f32)."""
+    for k in built[capability]:
+        if k.op not in tk.CONV_OPS:
+            assert "popc" not in k.ptx
+            continue
+        assert re.search(r"\bpopc\.b32\b", k.ptx), (k.op, capability)
+        assert re.search(r"\bmul\.rn\.f32\b", k.ptx) and re.search(r"\badd\.rn\.f32\b", k.ptx), k.op
+        assert not re.search(r"\bfma\.\w+\.f32\b", k.ptx), k.op
+        assert not re.search(r"\b(max|min)(\.\w+)*\.f32\b", k.ptx), k.op
+
+
+@pytest.mark.parametrize("capability", ta.TARGETS)
+def test_machine_code_has_popc_and_no_ffma(built, capability):
+    if ta.cuobjdump_path() is None:
+        pytest.skip("cuobjdump not found (neither Triton's bundled one nor the CUDA toolkit's)")
+    distinct = {k.cubin: k for k in built[capability] if k.op in tk.CONV_OPS}  # layers share tile configs
+    for k in distinct.values():
+        sass = _sass(k.cubin)
+        assert re.search(r"\bPOPC\b", sass), k.op
+        assert not re.search(r"\bFFMA\b", sass), k.op
+        assert re.search(r"\bFMUL\b", sass) and re.search(r"\bFADD\b", sass), k.op
+
+
+@pytest.mark.parametrize("capability", ta.TARGETS)
+def test_resources_fit_an_aot_launch(built, capability):
+    """Shared memory within the 48 KiB a launch gets without opting in (TensorRT's AOT launch
+    cannot opt in), registers within the per-thread and per-block limits, no spills."""
+    for k in built[capability]:
+        threads = k.num_warps * 32
+        assert threads <= 1024
+        assert k.registers is not None and 0 < k.registers <= 255, (k.op, k.registers)
+        assert k.registers * threads <= 64 * 1024, (k.op, k.registers, threads)
+        assert k.shared_bytes <= ta.SHARED_LIMIT
+        usage = ta.resource_usage(k.cubin, k.name)
+        if usage is None:
+            continue  # the limits above are checked from the cubin's own records
+        assert usage["REG"] == k.registers == ta.elf_registers(k.cubin, k.name)
+        assert usage["SHARED"] + k.shared_bytes <= ta.SHARED_LIMIT, (k.op, usage)
+        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, (k.op, usage)  # no register spills
+
+
+@pytest.mark.parametrize("capability", ta.TARGETS)
+def test_parameters_are_inputs_scalars_output_then_two_null_pointers(built, capability):
+    """TensorRT passes the input pointers, then the int32 extra args, then the output pointer;
+    Triton appends global_scratch and profile_scratch pointers, both of size 0 here (compile_op
+    refuses others), which a launcher leaves NULL."""
+    for k in built[capability]:
+        params = ta.ptx_entry_params(k.ptx, k.name)
+        n_in = k.input_count
+        assert n_in == {"XnorConv2d": 5, "XnorConv2dBits": 4, "XnorConv2dBitsBinarize": 5, "BitMaxPool": 1,
+                        "Binarize": 2}[k.op]
+        assert len(params) == n_in + len(k.scalar_args) + 1 + k.trailing_pointer_args
+        assert k.trailing_pointer_args == 2
+        assert all(p.startswith(".u64 .ptr") for p in params[:n_in])
+        assert all(p == ".u32" for p in params[n_in:n_in + len(k.scalar_args)])
+        assert all(p.startswith(".u64") for p in params[n_in + len(k.scalar_args):])
+        assert k.batch_arg_index is None and len(k.scalar_names) == len(k.scalar_args)
+        assert all(-(2**31) <= v < 2**31 for v in k.scalar_args)
+
+
+def test_launch_scales_only_the_grid_x_extent_with_the_batch(built):
+    k = next(k for k in built[90] if k.op == "XnorConv2dBits")
+    gx, gy, gz = k.grid_per_image
+    grid, block, shared, scalars = ta.launch(k, 256)
+    assert grid == (256 * gx, gy, gz) and block == (k.num_warps * 32, 1, 1) and shared == k.shared_bytes
+    assert scalars == list(k.scalar_args)
+    # one program per 64 pixels x 64 filters: 1024 pixels x 192 filters of layer 5 at 16x16 is 4 x 3
+    assert k.config["BLOCK_P"] * k.config["BLOCK_M"] * gx >= 16 * 16 * 192
+
+    class Expr:  # a stand-in for a TensorRT shape expression: records what launch does with it
+        def __init__(self, ops=()):
+            self.ops = ops
+
+        def __mul__(self, other):
+            assert isinstance(other, int)
+            return Expr(self.ops + (("*", other),))
+
+    grid, *_ = ta.launch(k, Expr())
+    assert grid[0].ops == (("*", gx),) and grid[1:] == (gy, gz)
+    pool = next(k for k in built[90] if k.op == "BitMaxPool")
+    assert pool.grid_per_image[1] == 3  # one program row per word plane
+
+
+def test_compiles_are_cached_and_follow_the_config():
+    a = ta.compile_op("BitMaxPool", capability=80, input_shape=(3, 32, 32), kernel_shape=(3, 3), strides=(2, 2),
+                      pads=(1, 1, 1, 1))
+    assert ta.compile_op("BitMaxPool", capability=80, input_shape=(3, 32, 32), kernel_shape=(3, 3), strides=(2, 2),
+                         pads=(1, 1, 1, 1)) is a
+    b = ta.compile_op("BitMaxPool", capability=80, input_shape=(3, 32, 32), kernel_shape=(3, 3), strides=(2, 2),
+                      pads=(1, 1, 1, 1), config={"BLOCK_P": 64, "num_warps": 2})
+    assert b.num_warps == 2 and b.config["BLOCK_P"] == 64 and b.grid_per_image == (4, 3, 1)
+    assert a.grid_per_image == (1, 3, 1)
+
+
+def test_bad_requests_get_one_line_errors():
+    with pytest.raises(ta.AotError, match="compute capability 60"):
+        ta.compile_op("Binarize", capability=60, input_shape=(8, 4, 4))
+    with pytest.raises(tk.KernelArgumentError, match="channels"):
+        ta.compile_op("XnorConv2dBits", capability=90, input_shape=(2, 4, 4), num_filters=8, kernel_shape=(1, 1))
+    with pytest.raises(tk.KernelArgumentError, match="unknown attribute"):
+        ta.compile_op("Binarize", capability=90, input_shape=(8, 4, 4), kernel_shape=(1, 1))
+
+
+def test_elf_register_reader_rejects_what_is_not_a_cubin():
+    assert ta.elf_registers(b"not an elf", "k") is None
+    assert ta.elf_registers(b"\x7fELF\x02" + b"\0" * 20, "k") is None
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+def test_ptx_without_the_scratch_params_still_assembles(built, capability):
+    """The fallback for a launcher that passes exactly (inputs, scalars, output): the two
+    trailing pointers removed from the entry; ptxas still accepts the PTX."""
+    import triton
+
+    k = next(k for k in built[capability] if k.op == "XnorConv2dBitsBinarize")
+    ptx = ta.ptx_without_scratch_params(k)
+    assert len(ta.ptx_entry_params(ptx, k.name)) == k.input_count + len(k.scalar_args) + 1
+    knob = triton.knobs.nvidia.ptxas_blackwell if capability >= 90 else triton.knobs.nvidia.ptxas
+    tool = knob.path if knob.path and Path(knob.path).is_file() else None
+    if tool is None:
+        pytest.skip("Triton's bundled ptxas not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+        run = subprocess.run([tool, f"--gpu-name={arch}", str(Path(tmp) / "k.ptx"), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert (Path(tmp) / "k.cubin").read_bytes()[:4] == b"\x7fELF"

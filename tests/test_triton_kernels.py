@@ -1,0 +1,267 @@
+"""The Triton kernels (xnorpipe.gpu.triton_kernels) against xnorpipe.deploy.reference, bit for
+bit, in Triton's interpreter on the CPU; their argument checks; the tile table.
+
+The wrappers run CPU tensors through interpreter copies of the kernels and CUDA tensors through
+compiled ones, whatever TRITON_INTERPRET says and whichever test imported triton first (see
+`triton_kernels.kernels`), so these tests and the AOT tests share one pytest process. The same
+random cases run on a GPU in the GPU session (xnorpipe.gpu.kernel_cases).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from xnorpipe.gpu import kernel_cases as kc  # noqa: E402
+from xnorpipe.gpu import triton_kernels as tk  # noqa: E402
+
+N_RANDOM = 300
+SEED = 20261130
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[kc.Case]:
+    return kc.random_cases(N_RANDOM, SEED)
+
+
+@pytest.fixture(scope="module")
+def layers() -> list[kc.Case]:
+    return kc.layer_cases()
+
+
+@pytest.mark.parametrize("index", range(N_RANDOM))
+def test_random_case_is_bit_exact(cases, index):
+    ok, detail = kc.run_case(cases[index], "cpu")
+    assert ok, detail
+
+
+N_LAYER_CASES = 22
+
+
+@pytest.mark.parametrize("index", range(N_LAYER_CASES))
+def test_network_layer_is_bit_exact(layers, index):
+    """nin_xnornet's layers and three of nin_gc_xnornet's, at 3x3 pixels."""
+    ok, detail = kc.run_case(layers[index], "cpu")
+    assert ok, detail
+
+
+def test_layer_case_count(layers):
+    assert len(layers) == N_LAYER_CASES
+
+
+def test_random_cases_cover_the_contract(cases):
+    """The cases hold what the contract leaves to kernels; a generator change that drops one
+    of these would make the exactness tests above weaker without failing them."""
+    ops = {c.op for c in cases}
+    assert ops == set(tk.OPS)
+    conv = [c for c in cases if c.op in tk.CONV_OPS]
+    batches = {next(iter(c.inputs.values())).shape[0] for c in cases}
+    assert {1, 5} <= batches
+    assert any(c.attrs["strides"] != (1, 1) for c in conv)
+    assert any(2 in c.attrs["dilations"] for c in conv)
+    assert {c.attrs["group"] for c in conv} >= {1, 2, 3, 4}
+    assert any(c.op != "XnorConv2d" and c.attrs["group"] > 1 for c in conv)
+    assert any(c.inputs["W"].shape[1] == 3 and max(c.attrs["pads"]) == 2 for c in conv)  # pads = kernel - 1
+    assert any(c.inputs["W"].shape[1] == 5 for c in conv)
+    channels = [c.inputs["X"].shape[1] if "X" in c.inputs else c.attrs.get("channels", 32) for c in cases
+                if c.op != "BitMaxPool"]
+    assert any(ch % 32 for ch in channels) and any(ch % 32 == 0 for ch in channels)
+    assert any(c.inputs["W"].shape[0] % 32 for c in conv) and any(c.inputs["W"].shape[0] > 32 for c in conv)
+    floats = [c.inputs["X"] for c in cases if "X" in c.inputs]
+    assert any(np.isnan(x).any() for x in floats)
+    assert any(np.isposinf(x).any() for x in floats) and any(np.isneginf(x).any() for x in floats)
+    # thresholds exactly at an input value of their channel
+    assert any(np.isin(c.inputs["threshold"], c.inputs["X"]).any() for c in cases if "threshold" in c.inputs)
+    assert any(np.isinf(c.inputs["scale"]).any() for c in conv)  # NaN outputs where a sum is 0
+    bits = [c for c in cases if c.op == "XnorConv2dBitsBinarize"][:20]
+    assert any(np.isin(c.inputs["output_threshold"], _float_output(c)).any() for c in bits)
+
+
+def _float_output(case: kc.Case) -> np.ndarray:
+    from xnorpipe.deploy import reference
+
+    a = dict(case.attrs)
+    channels = a.pop("channels")
+    i = case.inputs
+    return reference.xnor_conv2d_bits(i["Xp"], channels, i["W"], i["scale"], i["bias"], **a)
+
+
+def test_checker_catches_a_difference():
+    """compare() is the assertion of every case: it must see a flipped bit and a NaN/number
+    mismatch, and accept NaNs of another sign or payload."""
+    a = np.array([1.0, np.nan, -0.0], dtype=np.float32)
+    assert kc.compare(a, a.copy())[0]
+    other_nan = a.copy()
+    other_nan.view(np.uint32)[1] = 0xFFC00001
+    assert kc.compare(other_nan, a)[0]
+    for i, value in ((0, np.nextafter(np.float32(1.0), np.float32(2.0))), (1, 0.0), (2, 0.0)):
+        b = a.copy()
+        b[i] = value
+        ok, detail = kc.compare(b, a)
+        assert not ok and f"first at [{i}]" in detail
+    w = np.array([[5, -1]], dtype=np.int32)
+    assert not kc.compare(w ^ np.array([[0, -(2**31)]], dtype=np.int32), w)[0]  # bit 31 of one word
+    assert not kc.compare(w.astype(np.int64), w)[0]
+
+
+def test_a_wrong_kernel_fails_its_case(cases, monkeypatch):
+    """run_case reports a kernel that drops the bias, with the case's description."""
+    case = next(c for c in cases if c.op == "XnorConv2d" and np.abs(c.inputs["bias"]).max() > 0)
+    real = tk.xnor_conv2d
+
+    def no_bias(x, w, threshold, scale, bias, **kw):
+        return real(x, w, threshold, scale, torch.zeros_like(bias), **kw)
+
+    monkeypatch.setattr(tk, "xnor_conv2d", no_bias)
+    ok, detail = kc.run_case(case, "cpu")
+    assert not ok and "XnorConv2d(" in detail and "differ" in detail
+
+
+# ------------------------------------------------------------------------ wrapper behaviour
+
+
+def _conv_inputs(n=2, c=40, h=5, w=6, m=37, k=3, group=1, seed=0):
+    rng = np.random.default_rng(seed)
+    words = -(-(c // group) // 32)
+    return (torch.from_numpy(rng.standard_normal((n, c, h, w)).astype(np.float32)),
+            torch.from_numpy(rng.integers(-(2**31), 2**31, (m, k, k, words)).astype(np.int32)),
+            torch.from_numpy(rng.standard_normal(c).astype(np.float32)),
+            torch.from_numpy(rng.standard_normal(m).astype(np.float32)),
+            torch.from_numpy(rng.standard_normal(m).astype(np.float32)))
+
+
+def test_non_contiguous_inputs_give_the_contiguous_answer():
+    x, w, t, s, b = _conv_inputs()
+    want = tk.xnor_conv2d(x, w, t, s, b, pads=(1, 1, 1, 1))
+    x_t = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
+    s2 = torch.stack([s, s], 1)[:, 0]  # a strided view
+    assert not x_t.is_contiguous() and not s2.is_contiguous()
+    got = tk.xnor_conv2d(x_t, w, t, s2, b, pads=(1, 1, 1, 1))
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_empty_batch_gives_empty_outputs():
+    x, w, t, s, b = _conv_inputs(n=0)
+    assert tk.xnor_conv2d(x, w, t, s, b, pads=(1, 1, 1, 1)).shape == (0, 37, 5, 6)
+    xp = torch.zeros((0, 2, 5, 6), dtype=torch.int32)
+    assert tk.xnor_conv2d_bits(xp, w, s, b, channels=40).shape == (0, 37, 3, 4)
+    y = tk.xnor_conv2d_bits(xp, w, s, b, channels=40, output_threshold=s)
+    assert y.shape == (0, 2, 3, 4) and y.dtype == torch.int32
+    assert tk.bit_max_pool(xp, kernel_shape=(2, 2), strides=(2, 2)).shape == (0, 2, 2, 3)
+    assert tk.binarize(x, t).shape == (0, 2, 5, 6)
+
+
+def test_explicit_config_changes_the_tiles_not_the_answer():
+    x, w, t, s, b = _conv_inputs(n=1, m=70, k=1)
+    want = tk.xnor_conv2d(x, w, t, s, b)
+    got = tk.xnor_conv2d(x, w, t, s, b, config={"BLOCK_P": 16, "BLOCK_M": 32, "BLOCK_K": 1})
+    assert tk.kernel_config("XnorConv2d", input_shape=(40, 5, 6), num_filters=70, kernel_shape=(1, 1),
+                            config={"BLOCK_P": 16})["grid_per_image"] == [2 * 2, 1, 1]
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x.double(), w, t, s, b), "X must be float32, got float64"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x[0], w, t, s, b), "X must have 4 dimensions"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x.numpy(), w, t, s, b), "X must be a torch.Tensor"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w[..., :1].contiguous(), t, s, b), "does not match"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t[:-1], s, b), "threshold must be [40]"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b[:3]), "bias must be [37]"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, group=3), "not divisible by group 3"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, strides=(0, 1)), "strides"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, pads=(1, 1)), "pads"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, dilations=(9, 9)), "output size"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"BLOCK_P": 48}), "power of two"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"GROUPED": True}), "unknown or fixed"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s.to("meta"), b), "all tensors must be on one device"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d_bits(w[:2, :, :1].contiguous(), w, s, b, channels=40),
+     "words per pixel"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d_bits(tk.binarize(x, t), w, s, b, channels=0), "channels"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d_bits(tk.binarize(x, t), w, s, b, channels=40, output_threshold=t),
+     "output_threshold must be [37]"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d_bits(tk.binarize(x, t), w, s, b, channels=40,
+                                               output_threshold=s, config={"BLOCK_M": 16}), "multiple of 32"),
+    (lambda x, w, t, s, b: tk.bit_max_pool(tk.binarize(x, t), kernel_shape=(2, 2), pads=(2, 0, 0, 0)),
+     "pads must be smaller than the kernel"),
+    (lambda x, w, t, s, b: tk.bit_max_pool(x, kernel_shape=(2, 2)), "Xp must be int32"),
+    (lambda x, w, t, s, b: tk.binarize(x, t[:5]), "threshold must be [40]"),
+])
+def test_bad_arguments_get_one_line_errors(call, message):
+    with pytest.raises(tk.KernelArgumentError) as e:
+        call(*_conv_inputs())
+    text = str(e.value)
+    assert message in text and "\n" not in text
+    assert isinstance(e.value, ValueError)
+
+
+def test_grouped_bit_inputs_need_whole_word_groups():
+    xp = torch.zeros((1, 2, 4, 4), dtype=torch.int32)
+    w = torch.zeros((4, 1, 1, 1), dtype=torch.int32)
+    v = torch.zeros(4)
+    with pytest.raises(tk.KernelArgumentError, match="multiple of 32 to read bits"):
+        tk.xnor_conv2d_bits(xp, w, v, v, channels=40, group=2)
+
+
+# ------------------------------------------------------------------------------ tile table
+
+
+def test_kernel_config_records_the_launch():
+    cfg = tk.kernel_config("XnorConv2dBits", input_shape=(6, 32, 32), num_filters=160, channels=192,
+                           kernel_shape=(1, 1))
+    assert cfg["kernel"] == "xnor_conv2d_bits_kernel" and cfg["num_warps"] == 4
+    assert cfg["BLOCK_P"] * cfg["grid_per_image"][0] >= 32 * 32 * 160 // cfg["BLOCK_M"]
+    assert cfg["BLOCK_K"] == 2  # 6 words: an even count
+    bin_cfg = tk.kernel_config("XnorConv2dBitsBinarize", input_shape=(3, 16, 16), num_filters=40, channels=96,
+                               kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+    assert bin_cfg["BLOCK_M"] % 32 == 0 and bin_cfg["BLOCK_K"] == 1  # 3 words: odd
+    pool = tk.kernel_config("BitMaxPool", input_shape=(3, 32, 32), kernel_shape=(3, 3), strides=(2, 2),
+                            pads=(1, 1, 1, 1))
+    assert pool["grid_per_image"] == [-(-256 // pool["BLOCK_P"]), 3, 1]
+    binz = tk.kernel_config("Binarize", input_shape=(192, 32, 32))
+    assert binz["grid_per_image"][1] == 6
+    with pytest.raises(tk.KernelArgumentError, match="unknown op"):
+        tk.kernel_config("Conv", input_shape=(1, 1, 1))
+
+
+def test_interpreter_table_covers_an_image_per_program():
+    spec = tk.launch_spec("XnorConv2d", input_shape=(70, 8, 8), num_filters=50, kernel_shape=(3, 3),
+                          pads=(1, 1, 1, 1), interpret=True)
+    assert spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] == 4
+
+
+def test_both_kernel_kinds_live_in_one_process():
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    interp, compiled = tk.kernels(True), tk.kernels(False)
+    for name in tk.KERNEL_NAMES.values():
+        assert isinstance(getattr(interp, name), InterpretedFunction)
+        assert isinstance(getattr(compiled, name), JITFunction)
+    assert tk.kernels(True) is interp  # built once
+    assert tk.interpreted("cpu")
+    assert tk.interpreted("cuda") == bool(triton.knobs.runtime.interpret)  # Triton's own switch
+
+
+def test_kernel_signatures_follow_the_launch_description():
+    """Pointers of the op's inputs, the int32 scalars of LaunchSpec, the output pointer, then
+    constexprs: TensorRT's AOT argument order."""
+    mod = tk.kernels(False)
+    shapes = {"XnorConv2d": dict(input_shape=(40, 5, 5), num_filters=8, kernel_shape=(3, 3)),
+              "XnorConv2dBits": dict(input_shape=(2, 5, 5), num_filters=8, channels=40, kernel_shape=(3, 3)),
+              "XnorConv2dBitsBinarize": dict(input_shape=(2, 5, 5), num_filters=8, channels=40, kernel_shape=(3, 3)),
+              "BitMaxPool": dict(input_shape=(2, 5, 5), kernel_shape=(2, 2)),
+              "Binarize": dict(input_shape=(40, 5, 5))}
+    for op, kw in shapes.items():
+        spec = tk.launch_spec(op, **kw)
+        fn = getattr(mod, spec.kernel)
+        runtime = [p.name for p in fn.params if not p.is_constexpr]
+        constexprs = [p.name for p in fn.params if p.is_constexpr]
+        n_in = len(spec.pointer_types) - 1
+        assert runtime[n_in:n_in + len(spec.scalars)] == list(spec.scalar_names), op
+        assert len(runtime) == n_in + len(spec.scalars) + 1, op
+        assert all(name.endswith("_ptr") for name in runtime[:n_in] + runtime[-1:]), op
+        assert set(constexprs) == set(spec.constexprs), op
+        assert [p.name for p in fn.params][-len(constexprs):] == constexprs, op

@@ -1,0 +1,273 @@
+"""The @triton.jit kernels of xnorpipe's ops, one per op. The design, the wrappers, the tile
+table and the launch descriptions are in xnorpipe/gpu/triton_kernels.py.
+
+`triton_kernels.kernels()` executes this file as two private modules, one under
+TRITON_INTERPRET=1 (interpreter functions, for CPU tensors) and one without (JIT functions, for
+CUDA tensors and AOT compiles). So the kernels call only Triton builtins and the helpers below,
+never triton.language.standard's jitted functions (tl.zeros, tl.sum, tl.cdiv): those were bound
+to one of the two modes when triton was first imported.
+"""
+
+import triton
+import triton.language as tl
+
+# Scalars stay runtime int32 (not constexpr) so that one compiled kernel serves every layer
+# geometry; `do_not_specialize` keeps the JIT from compiling variants per value (== 1, % 16),
+# so the JIT path compiles the same code as the AOT path. triton_kernels.CONV_SCALARS etc. name
+# the same params (a test checks).
+_CONV_SCALARS = ("C", "H", "W", "M", "Ho", "Wo", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW", "G", "RELU")
+_POOL_SCALARS = ("NW", "H", "W", "Ho", "Wo", "KH", "KW", "SH", "SW", "PT", "PL")
+_BINARIZE_SCALARS = ("C", "HW")
+
+# True in the copy executed for Triton's interpreter.
+_INTERPRETED = tl.constexpr(bool(triton.knobs.runtime.interpret))
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    """Integer sum along `axis`. The interpreter runs only Triton's own sum combine function
+    fast (one NumPy call; any other combine runs per element pair), compiled code gets this
+    module's `_add`: the same sum."""
+    if _INTERPRETED:
+        return tl.reduce(x, axis, tl.standard._sum_combine)
+    else:
+        return tl.reduce(x, axis, _add)
+
+
+@triton.jit
+def _binarize_words(x_img, thr_ptr, pix, live, c0, nch, HW):
+    """uint32 words [K, P] at pixel offsets `pix` [P] of one image: word (k, p) holds channels
+    c0[k] .. c0[k] + 31, of which the first nch[k] exist; bit j = x >= threshold (NaN: 0).
+    Zero where not `live` [K, P] and past nch. Pixels are the fastest axis: coalesced loads."""
+    j = tl.arange(0, 32)
+    ch_ok = j[None, :] < nch[:, None]  # [K, 32]
+    ch = c0[:, None] + j[None, :]
+    mask = ch_ok[:, :, None] & live[:, None, :]  # [K, 32, P]
+    xv = tl.load(x_img + ch[:, :, None] * HW + pix[None, None, :], mask=mask, other=0.0)
+    t = tl.load(thr_ptr + ch, mask=ch_ok, other=0.0)
+    one = tl.full(mask.shape, 1, tl.uint32)
+    bits = tl.where((xv >= t[:, :, None]) & mask, one << j[None, :, None].to(tl.uint32), 0)
+    return _sum(bits, 1)  # distinct powers of two: the sum is their OR
+
+
+@triton.jit
+def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, Cg, NWG, H, W,
+                        KH, KW, DH, DW, FLOAT_IN: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 [BLOCK_M, BLOCK_P]: popcount(Wb ^ Xb) over the in-image taps and the Cg channels of
+    group g, for the filters where `col_ok` and the tile's pixels (origins ih0, iw0). Each step
+    XORs BLOCK_K words of a tap as a [K, M, P] broadcast and sums over K: K is the slowest axis,
+    so Triton's default layout keeps it inside each thread (no cross-thread reduction), and
+    pixels the fastest, so input loads and output stores are coalesced."""
+    part = tl.full([BLOCK_M, BLOCK_P], 0, tl.int32)
+    taps = KH * KW
+    w_rows = offs_m * (taps * NWG)  # W is [M, kH, kW, NWG]
+    # Channel bits of the group's last word (1..32 of them), without a shift by 32.
+    last_mask = tl.full([BLOCK_K], 0xFFFFFFFF, tl.uint32) >> (32 - (Cg - (NWG - 1) * 32)).to(tl.uint32)
+    kq = tl.arange(0, BLOCK_K)
+    HW = H * W
+    for tap in range(taps):
+        i = tap // KW
+        ih = ih0 + i * DH
+        iw = iw0 + (tap - i * KW) * DW
+        valid = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pix = ih * W + iw
+        for q0 in range(0, NWG, BLOCK_K):
+            q = q0 + kq
+            q_ok = q < NWG
+            live = q_ok[:, None] & valid[None, :]  # [K, P]
+            word_mask = tl.where(q == NWG - 1, last_mask, 0xFFFFFFFF)
+            x_mask = tl.where(live, word_mask[:, None], 0)  # padding taps, words past NWG, bits past Cg: 0
+            if FLOAT_IN:
+                a = _binarize_words(in_img, thr_ptr, pix, live, g * Cg + q * 32, Cg - q * 32, HW)
+            else:  # bits [N, words, H, W]; group g's words start at g * NWG (Cg % 32 == 0)
+                a = tl.load(in_img + (g * NWG + q)[:, None] * HW + pix[None, :], mask=live,
+                            other=0).to(tl.uint32, bitcast=True)
+            b = tl.load(w_ptr + w_rows[None, :] + tap * NWG + q[:, None], mask=q_ok[:, None] & col_ok[None, :],
+                        other=0).to(tl.uint32, bitcast=True)  # [K, M]
+            x = (b[:, :, None] ^ a[:, None, :]) & x_mask[:, None, :]  # [K, M, P]
+            # Popcount per word (SWAR: LLVM turns exactly this into one `popc`), summed over the K
+            # words. Inlined, not helpers: each helper call costs the interpreter a re-patch of
+            # triton.language, and this is the innermost loop.
+            x = x - ((x >> 1) & 0x55555555)
+            x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+            x = (x + (x >> 4)) & 0x0F0F0F0F
+            x = ((x * 0x01010101) >> 24).to(tl.int32)
+            if _INTERPRETED:
+                part += tl.reduce(x, 0, tl.standard._sum_combine)
+            else:
+                part += tl.reduce(x, 0, _add)
+    return part
+
+
+@triton.jit
+def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
+               FLOAT_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUPED: tl.constexpr):
+    """This program's tile: (n, pixel offsets, pixel mask, first filter, filter offsets, filter
+    mask, the contract's integer sums int32 [BLOCK_M, BLOCK_P]). Program id 0 = (image, pixel
+    tile, filter block), filter block fastest, so blocks that read the same input run together."""
+    P = Ho * Wo
+    m_blocks = (M + BLOCK_M - 1) // BLOCK_M
+    per_image = ((P + BLOCK_P - 1) // BLOCK_P) * m_blocks
+    pid = tl.program_id(0)
+    n = pid // per_image
+    r = pid - n * per_image
+    tp = r // m_blocks
+    m0 = (r - tp * m_blocks) * BLOCK_M
+    offs_p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    p_ok = offs_p < P
+    m_ok = offs_m < M
+    oh = offs_p // Wo
+    ow = offs_p - oh * Wo
+    ih0 = oh * SH - PT
+    iw0 = ow * SW - PL
+    Cg = C // G
+    NWG = (Cg + 31) // 32
+    if FLOAT_IN:
+        in_img = in_ptr + n.to(tl.int64) * C * H * W
+    else:
+        in_img = in_ptr + n.to(tl.int64) * ((C + 31) // 32) * H * W
+    if GROUPED:
+        Mg = M // G
+        acc = tl.full([BLOCK_M, BLOCK_P], 0, tl.int32)
+        g_last = (tl.minimum(m0 + BLOCK_M, M) - 1) // Mg
+        for g in range(m0 // Mg, g_last + 1):
+            col = m_ok & (offs_m // Mg == g)
+            part = _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col, Cg, NWG, H, W,
+                                       KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+            acc += tl.where(col[:, None], part, 0)
+    else:
+        acc = _group_xor_popcount(in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok, offs_m, m_ok, Cg, NWG, H, W,
+                                  KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+    # In-image taps per pixel: rows times columns.
+    nv_h = tl.full([BLOCK_P], 0, tl.int32)
+    for i in range(KH):
+        ih = ih0 + i * DH
+        nv_h += ((ih >= 0) & (ih < H)).to(tl.int32)
+    nv_w = tl.full([BLOCK_P], 0, tl.int32)
+    for j in range(KW):
+        iw = iw0 + j * DW
+        nv_w += ((iw >= 0) & (iw < W)).to(tl.int32)
+    sums = (nv_h * nv_w * Cg)[None, :] - 2 * acc
+    return n, offs_p, p_ok, m0, offs_m, m_ok, sums
+
+
+@triton.jit
+def _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU):
+    """scale * float(sum), then + bias: two roundings (compiled without FP fusion), then relu."""
+    scale = tl.load(scale_ptr + offs_m, mask=m_ok, other=0.0)
+    bias = tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0)
+    y = sums.to(tl.float32) * scale[:, None]
+    y = y + bias[:, None]
+    # A scalar condition outside: the interpreter mishandles `scalar_bool & block_bool`.
+    return tl.where(RELU != 0, tl.where(y < 0.0, 0.0, y), y)
+
+
+@triton.jit
+def _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, P):
+    out = y_ptr + n.to(tl.int64) * M * P
+    tl.store(out + offs_m[:, None] * P + offs_p[None, :], y, mask=m_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit(do_not_specialize=_CONV_SCALARS)
+def xnor_conv2d_kernel(x_ptr, w_ptr, thr_ptr, scale_ptr, bias_ptr,
+                       C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
+                       y_ptr,
+                       BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                       GROUPED: tl.constexpr):
+    """XnorConv2d: X float [N, C, H, W] -> Y float [N, M, Ho, Wo], binarization fused."""
+    n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
+        x_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
+        True, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+    y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
+    _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
+
+
+@triton.jit(do_not_specialize=_CONV_SCALARS)
+def xnor_conv2d_bits_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr,
+                            C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
+                            y_ptr,
+                            BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                            GROUPED: tl.constexpr):
+    """XnorConv2dBits: bits [N, ceil(C/32), H, W] -> Y float [N, M, Ho, Wo]."""
+    n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
+        xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+    y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
+    _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
+
+
+@triton.jit(do_not_specialize=_CONV_SCALARS)
+def xnor_conv2d_bits_binarize_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr, othr_ptr,
+                                     C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
+                                     out_ptr,
+                                     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
+                                     BLOCK_K: tl.constexpr, GROUPED: tl.constexpr):
+    """XnorConv2dBitsBinarize: bits -> bits [N, ceil(M/32), Ho, Wo], bit m = Y[m] >=
+    output_threshold[m] with Y computed exactly as XnorConv2dBits (NaN: 0; bits past M: 0).
+    BLOCK_M is a multiple of 32, so every output word belongs to one program."""
+    n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
+        xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+    y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
+    t = tl.load(othr_ptr + offs_m, mask=m_ok, other=0.0)
+    one = tl.full([BLOCK_M, BLOCK_P], 1, tl.uint32)
+    bits = tl.where((y >= t[:, None]) & m_ok[:, None], one << (offs_m % 32)[:, None].to(tl.uint32), 0)
+    words = _sum(tl.reshape(bits, (BLOCK_M // 32, 32, BLOCK_P)), 1)  # distinct bits: sum = OR
+    P = Ho * Wo
+    NWM = (M + 31) // 32
+    offs_q = m0 // 32 + tl.arange(0, BLOCK_M // 32)
+    out = out_ptr + n.to(tl.int64) * NWM * P
+    tl.store(out + offs_q[:, None] * P + offs_p[None, :], words.to(tl.int32, bitcast=True),
+             mask=(offs_q < NWM)[:, None] & p_ok[None, :])
+
+
+@triton.jit(do_not_specialize=_POOL_SCALARS)
+def bit_max_pool_kernel(xp_ptr, NW, H, W, Ho, Wo, KH, KW, SH, SW, PT, PL, out_ptr,
+                        BLOCK_P: tl.constexpr):
+    """BitMaxPool: word-wise OR over each window's in-image taps. Program (image, pixel tile)
+    on axis 0, word plane on axis 1."""
+    P = Ho * Wo
+    tiles = (P + BLOCK_P - 1) // BLOCK_P
+    pid = tl.program_id(0)
+    q = tl.program_id(1)
+    n = pid // tiles
+    offs_p = (pid - n * tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = offs_p < P
+    oh = offs_p // Wo
+    ih0 = oh * SH - PT
+    iw0 = (offs_p - oh * Wo) * SW - PL
+    plane = n.to(tl.int64) * NW + q
+    src = xp_ptr + plane * H * W
+    acc = tl.full([BLOCK_P], 0, tl.int32)
+    for i in range(KH):
+        ih = ih0 + i
+        row_ok = p_ok & (ih >= 0) & (ih < H)
+        for j in range(KW):
+            iw = iw0 + j
+            acc |= tl.load(src + ih * W + iw, mask=row_ok & (iw >= 0) & (iw < W), other=0)
+    tl.store(out_ptr + plane * P + offs_p, acc, mask=p_ok)
+
+
+@triton.jit(do_not_specialize=_BINARIZE_SCALARS)
+def binarize_kernel(x_ptr, thr_ptr, C, HW, out_ptr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Binarize: X float [N, C, H, W] -> bits [N, ceil(C/32), H, W]. Program (image, pixel
+    tile) on axis 0, BLOCK_W output words on axis 1."""
+    tiles = (HW + BLOCK_P - 1) // BLOCK_P
+    pid = tl.program_id(0)
+    n = pid // tiles
+    offs_p = (pid - n * tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = offs_p < HW
+    NW = (C + 31) // 32
+    q = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    live = (q < NW)[:, None] & p_ok[None, :]
+    words = _binarize_words(x_ptr + n.to(tl.int64) * C * HW, thr_ptr, offs_p, live, q * 32, C - q * 32, HW)
+    out = out_ptr + n.to(tl.int64) * NW * HW
+    tl.store(out + q[:, None] * HW + offs_p[None, :], words.to(tl.int32, bitcast=True), mask=live)

@@ -1,0 +1,484 @@
+"""Triton kernels of xnorpipe's ops (docs/XNORCONV2D.md): `XnorConv2d` v1 with the input
+binarization fused, `XnorConv2dBits`, `XnorConv2dBitsBinarize`, `BitMaxPool` and `Binarize`:
+the wrappers, the tile table and the launch descriptions. The kernels themselves (one
+@triton.jit function per op) are in `xnorpipe/gpu/triton_jit.py`.
+
+The wrappers launch the kernels on CUDA tensors (compiled by Triton), and on CPU tensors in
+Triton's interpreter (NumPy semantics: how CI checks them bit-exactly against
+`xnorpipe.deploy.reference`); `xnorpipe.gpu.triton_aot` compiles the same kernels ahead of
+time to PTX and cubin for TensorRT.
+
+Kernel parameters, in TensorRT's AOT plugin order: the op's ONNX inputs as pointers, then the
+int32 scalars (`LaunchSpec.scalars`), then the output pointer, then tl.constexpr tile sizes
+(Triton appends two pointer params of its own, see triton_aot). Grid: (batch * gx, gy, gz),
+`LaunchSpec.grid_per_image` = (gx, gy, gz); no kernel takes the batch size (program ids
+decode the image), so one compiled kernel serves every batch.
+
+Convolutions are an implicit GEMM of (output pixels x filters) tiles over (taps x 32-channel
+words): per word, a broadcast XOR of the tile's input words [P] with its weight words [M],
+masked, then a SWAR popcount (plain integer ops: exact in the interpreter, one `popc` in PTX)
+added into int32 accumulators. Padding taps and bits past C/group are masked out of the XOR
+(`(a ^ b) & mask`, one LOP3), so sum = valid_taps * Cg - 2 * popcount. The float-input op
+binarizes the 32 channels of each input word inside the kernel (x >= threshold, NaN -> 0):
+no bit tensor is written, and the op stays one launch (TensorRT's AOT plugin runs one kernel).
+Output: scale * float(sum), then + bias, two roundings: every launch is compiled with
+enable_fp_fusion=False, which emits `mul.rn.f32` / `add.rn.f32`, and PTX with an explicit
+rounding mode is never contracted into an FMA, not even by the driver's JIT. Then relu as
+`where(y < 0, 0, y)`, which keeps -0.0 and NaN like torch.clamp_min.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import math
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import triton
+except ImportError as e:  # a clear message for the runtimes that import this lazily
+    raise ImportError(f"xnorpipe.gpu.triton_kernels needs Triton (pip install triton): {e}") from e
+
+from xnorpipe.errors import XnorpipeError
+from xnorpipe.gpu import plan
+
+OPS = ("XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize", "BitMaxPool", "Binarize")
+CONV_OPS = OPS[:3]
+KERNEL_NAMES = {
+    "XnorConv2d": "xnor_conv2d_kernel",
+    "XnorConv2dBits": "xnor_conv2d_bits_kernel",
+    "XnorConv2dBitsBinarize": "xnor_conv2d_bits_binarize_kernel",
+    "BitMaxPool": "bit_max_pool_kernel",
+    "Binarize": "binarize_kernel",
+}
+# The int32 params of each kernel, in order (triton_jit.py's signatures).
+CONV_SCALARS = ("C", "H", "W", "M", "Ho", "Wo", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW", "G", "RELU")
+POOL_SCALARS = ("NW", "H", "W", "Ho", "Wo", "KH", "KW", "SH", "SW", "PT", "PL")
+BINARIZE_SCALARS = ("C", "HW")
+# Compile options of every launch, JIT and AOT: no FMA contraction (the contract's two roundings).
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
+INT32_MAX = 2**31 - 1
+GRID_YZ_MAX = 65535
+
+
+class KernelArgumentError(XnorpipeError, ValueError):
+    """Bad shapes, dtypes or attributes for a kernel: one line (a ValueError too)."""
+
+
+# ============================================================ one kernel module per mode
+# @triton.jit returns an interpreter function when TRITON_INTERPRET is set *at decoration*,
+# else a JIT function. CPU tensors need the first, CUDA tensors and AOT compiles the second,
+# so triton_jit.py is executed as two private modules, each under its own setting: both kinds
+# exist in one process whatever the environment and whichever test imported this first.
+
+_JIT_SOURCE = Path(__file__).with_name("triton_jit.py")
+_modules: dict[bool, object] = {}
+_modules_lock = threading.Lock()
+# The interpreter keeps its grid position and language patches in globals: one launch at a time.
+_interpreter_lock = threading.Lock()
+
+
+def kernels(interpret: bool):
+    """The module of kernels that run in Triton's interpreter (`interpret=True`) or are
+    compiled by Triton (`interpret=False`)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpret = bool(interpret)
+    with _modules_lock:
+        mod = _modules.get(interpret)
+        if mod is None:
+            name = f"{__package__}._triton_jit_{'interpreted' if interpret else 'compiled'}"
+            spec = importlib.util.spec_from_file_location(name, _JIT_SOURCE)
+            mod = importlib.util.module_from_spec(spec)
+            with triton.knobs.runtime.scope():  # restores the knob and TRITON_INTERPRET after
+                triton.knobs.runtime.interpret = interpret
+                spec.loader.exec_module(mod)
+            if isinstance(mod.xnor_conv2d_kernel, InterpretedFunction) != interpret:
+                raise RuntimeError(f"this Triton ({triton.__version__}) ignored TRITON_INTERPRET={int(interpret)}")
+            sys.modules[name] = mod
+            _modules[interpret] = mod
+    return mod
+
+
+@contextlib.contextmanager
+def _interpreter_without_overflow_checks():
+    """Triton's interpreter computes an int64 overflow check around every int32 add, sub and
+    mul (`sanitize_overflow`) and then, unless debug is on, asserts nothing: half of its time
+    on these kernels. Switch the checks off while they are void (restored after). Private
+    Triton state: left alone if it is not where Triton 3.9 keeps it."""
+    try:
+        from triton.runtime.interpreter import interpreter_builder as builder
+
+        old = builder.options
+        fast = None if old.debug or not old.sanitize_overflow else dataclasses.replace(old, sanitize_overflow=False)
+    except (ImportError, AttributeError, TypeError):
+        fast = None
+    if fast is None:
+        yield
+        return
+    builder.options = fast
+    try:
+        yield
+    finally:
+        builder.options = old
+
+
+def interpreted(device: torch.device | str) -> bool:
+    """Do kernels on `device` run in Triton's interpreter? Everything but CUDA does, and CUDA
+    too when TRITON_INTERPRET is set (Triton's own switch)."""
+    return torch.device(device).type != "cuda" or bool(triton.knobs.runtime.interpret)
+
+
+# ================================================================ launch descriptions
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything about one launch but the tensors and the batch: what the wrappers launch and
+    `triton_aot.compile_op` compiles."""
+
+    op: str
+    kernel: str  # the @triton.jit function's name (also the PTX entry)
+    pointer_types: tuple[str, ...]  # Triton types of the pointer params: the op's inputs, then its output
+    scalar_names: tuple[str, ...]
+    scalars: tuple[int, ...]  # int32 params between the input and output pointers
+    constexprs: dict = field(hash=False)
+    num_warps: int = 4
+    num_stages: int = 1
+    grid_per_image: tuple[int, int, int] = (1, 1, 1)
+    out_shape: tuple[int, int, int] = (1, 1, 1)  # per image
+    out_dtype: str = "float32"
+
+    def config(self) -> dict:
+        """The tile configuration (what `kernel_config` returns)."""
+        return {"op": self.op, "kernel": self.kernel, **self.constexprs, "num_warps": self.num_warps,
+                "num_stages": self.num_stages, "grid_per_image": list(self.grid_per_image)}
+
+
+def _fail(op: str, what: str):
+    raise KernelArgumentError(f"{op}: {what}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _ints(op: str, name: str, v, n: int, lo: int) -> tuple[int, ...]:
+    what = f"an int >= {lo}" if n == 1 else f"{n} ints >= {lo}"
+    try:
+        out = tuple(int(a) for a in v)
+        if any(isinstance(a, float) and a != int(a) for a in v):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        _fail(op, f"{name} must be {what}, got {v!r}")
+    if len(out) != n or any(a < lo for a in out) or any(a > INT32_MAX for a in out):
+        _fail(op, f"{name} must be {what} (and < 2**31), got {out[0] if n == 1 and out else list(out)}")
+    return out
+
+
+def _or(value, default):
+    """An attribute's value, or its ONNX default when absent (None)."""
+    return default if value is None else value
+
+
+def _pow2_at_least(v: int, lo: int, cap: int) -> int:
+    return max(lo, min(cap, triton.next_power_of_2(v)))
+
+
+def _override(op: str, table: dict, config: dict | None) -> dict:
+    """The table's entries, with those of `config` (BLOCK_* powers of two, num_warps,
+    num_stages) in their place."""
+    cfg = dict(table)
+    for key, value in (config or {}).items():
+        if key not in table and key not in ("num_warps", "num_stages") or key == "GROUPED":
+            _fail(op, f"config: unknown or fixed entry {key!r}; choose from "
+                      f"{sorted(k for k in table if k != 'GROUPED') + ['num_stages', 'num_warps']}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(op, f"config: {key} must be a positive int, got {value!r}")
+        if key != "num_stages" and value & (value - 1):
+            _fail(op, f"config: {key} must be a power of two, got {value}")
+        cfg[key] = value
+    return cfg
+
+
+def _conv_config(op: str, m: int, cg: int, p: int, grouped: bool, interpret: bool) -> dict:
+    """The tile table of the convolutions: (filters x pixels) tiles, BLOCK_K words of a tap
+    XORed per step as a [K, M, P] broadcast.
+
+    GPU (chosen from the PTX and ptxas resource usage of sm_80/sm_90 builds, not yet timed on a
+    GPU): 64 filters x 64 pixels at 4 warps, 32 filters when M <= 32; BLOCK_K = 2 when the
+    words per group are even (Triton then stages the weight words through shared memory: 16
+    shared loads per 64 popc per thread, ~160 registers, no spills), else 1 (no masked word
+    slots; one uniform global load per popc). The float-input op binarizes [K, 32, P] floats
+    per step and grouped layers keep a second accumulator: 32 pixels and BLOCK_K = 1 there
+    (~150-200 registers; 64 pixels spill). `config=` overrides any entry, for sweeps on a GPU.
+    Interpreter: one program per image where the shape allows and every word of a tap in one
+    step, as NumPy runs a few big array ops faster than many small ones (and the masking of
+    word slots past the group's words gets exercised)."""
+    nwg = _cdiv(cg, 32)
+    bits_out = op == "XnorConv2dBitsBinarize"
+    if interpret:
+        return {"BLOCK_P": _pow2_at_least(p, 16, 256), "BLOCK_M": _pow2_at_least(m, 32 if bits_out else 16, 128),
+                "BLOCK_K": _pow2_at_least(nwg, 1, 8), "GROUPED": bool(grouped)}
+    small = op == "XnorConv2d" or grouped
+    block_k = 1 if small or nwg % 2 else 2
+    return {"BLOCK_P": 32 if small else 64, "BLOCK_M": 32 if m <= 32 else 64, "BLOCK_K": block_k,
+            "GROUPED": bool(grouped)}
+
+
+def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None = None,
+                channels: int | None = None, config: dict | None = None, interpret: bool = False,
+                **attrs) -> LaunchSpec:
+    """Validate an op's per-image input shape and attributes; describe its launch.
+
+    input_shape: (C, H, W) for float inputs, (words, H, W) for bit inputs. Conv ops take
+    num_filters (M) and kernel_shape, strides, pads, dilations, group, relu; the bit-input
+    convs also `channels` (C). BitMaxPool takes kernel_shape, strides, pads. `config` overrides
+    entries of the tile table (BLOCK_*, num_warps, num_stages), e.g. for tuning sweeps;
+    `interpret` picks the interpreter's table (what the wrappers use for CPU tensors).
+    """
+    if op not in OPS:
+        _fail("kernel_config", f"unknown op {op!r}; one of {', '.join(OPS)}")
+    c_or_words, h, w = _ints(op, "input shape (C or words, H, W)", input_shape, 3, 1)
+    if op in CONV_OPS:
+        allowed = {"kernel_shape", "strides", "pads", "dilations", "group", "relu"}
+        extra = set(attrs) - allowed
+        if extra:
+            _fail(op, f"unknown attribute(s) {sorted(extra)}")
+        if "kernel_shape" not in attrs:
+            _fail(op, "kernel_shape is required")
+        relu = attrs.get("relu", 0)
+        if relu not in (0, 1):  # True and False included
+            _fail(op, f"relu must be 0 or 1, got {relu!r}")
+        a = plan.ConvAttrs(kernel_shape=_ints(op, "kernel_shape", attrs["kernel_shape"], 2, 1),
+                           strides=_ints(op, "strides", _or(attrs.get("strides"), (1, 1)), 2, 1),
+                           pads=_ints(op, "pads", _or(attrs.get("pads"), (0, 0, 0, 0)), 4, 0),
+                           dilations=_ints(op, "dilations", _or(attrs.get("dilations"), (1, 1)), 2, 1),
+                           group=_ints(op, "group", (attrs.get("group", 1),), 1, 1)[0], relu=bool(relu))
+        if num_filters is None:
+            _fail(op, "num_filters (M) is required")
+        (m,) = _ints(op, "filters (W dim 0)", (num_filters,), 1, 1)
+        if op == "XnorConv2d":
+            if channels is not None and channels != c_or_words:
+                _fail(op, f"channels {channels} differs from X's {c_or_words}")
+            c = c_or_words
+        else:
+            if channels is None:
+                _fail(op, "attribute 'channels' (>= 1) is required")
+            (c,) = _ints(op, "attribute 'channels'", (channels,), 1, 1)
+            if c_or_words != _cdiv(c, 32):
+                _fail(op, f"X has {c_or_words} words per pixel, channels = {c} needs {_cdiv(c, 32)}")
+        g = a.group
+        if c % g:
+            _fail(op, f"channels {c} not divisible by group {g}")
+        if m % g:
+            _fail(op, f"filters {m} must be a multiple of group {g}")
+        if op != "XnorConv2d" and g > 1 and (c // g) % 32:
+            _fail(op, f"with group > 1, channels per group must be a multiple of 32 to read bits, got {c // g}")
+        if any(v > 2**20 for v in (*a.kernel_shape, *a.strides, *a.pads, *a.dilations)):
+            _fail(op, "kernel_shape, strides, pads and dilations must be <= 2**20")
+        ho, wo = a.output_hw(h, w)
+        if ho < 1 or wo < 1:
+            _fail(op, f"output size {ho}x{wo} <= 0 for input {h}x{w}, kernel {list(a.kernel_shape)}, "
+                      f"pads {list(a.pads)}, dilations {list(a.dilations)}")
+        nw_out = _cdiv(m, 32) if op == "XnorConv2dBitsBinarize" else m
+        taps = a.kernel_shape[0] * a.kernel_shape[1]
+        if (c * h * w > INT32_MAX or nw_out * ho * wo > INT32_MAX or m * taps * _cdiv(c // g, 32) > INT32_MAX
+                or taps * (c // g) >= 2**24):
+            _fail(op, "tensor too large for the kernels' int32 indexing")
+        cfg = _override(op, _conv_config(op, m, c // g, ho * wo, g > 1, interpret), config)
+        if op == "XnorConv2dBitsBinarize" and cfg["BLOCK_M"] % 32:
+            _fail(op, f"BLOCK_M must be a multiple of 32, got {cfg['BLOCK_M']}")
+        (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a.kernel_shape, a.strides, a.pads, a.dilations
+        scalars = (c, h, w, m, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw, g, int(a.relu))
+        scalar_names = CONV_SCALARS
+        pointers = {"XnorConv2d": ("*fp32", "*i32", "*fp32", "*fp32", "*fp32", "*fp32"),
+                    "XnorConv2dBits": ("*i32", "*i32", "*fp32", "*fp32", "*fp32"),
+                    "XnorConv2dBitsBinarize": ("*i32", "*i32", "*fp32", "*fp32", "*fp32", "*i32")}[op]
+        grid = (_cdiv(ho * wo, cfg["BLOCK_P"]) * _cdiv(m, cfg["BLOCK_M"]), 1, 1)
+        out_shape = (nw_out, ho, wo)
+        out_dtype = "int32" if op == "XnorConv2dBitsBinarize" else "float32"
+    elif op == "BitMaxPool":
+        extra = set(attrs) - {"kernel_shape", "strides", "pads"}
+        if extra:
+            _fail(op, f"unknown attribute(s) {sorted(extra)}")
+        if "kernel_shape" not in attrs:
+            _fail(op, "kernel_shape is required")
+        kh, kw = _ints(op, "kernel_shape", attrs["kernel_shape"], 2, 1)
+        sh, sw = _ints(op, "strides", _or(attrs.get("strides"), (1, 1)), 2, 1)
+        pt, pl, pb, pr = _ints(op, "pads", _or(attrs.get("pads"), (0, 0, 0, 0)), 4, 0)
+        if pt >= kh or pb >= kh or pl >= kw or pr >= kw:
+            _fail(op, "pads must be smaller than the kernel")
+        ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            _fail(op, f"output size {ho}x{wo} <= 0 for input {h}x{w}")
+        nw = c_or_words
+        if nw * h * w > INT32_MAX or nw * ho * wo > INT32_MAX or nw > GRID_YZ_MAX:
+            _fail(op, "tensor too large for the kernel's indexing")
+        cfg = _override(op, {"BLOCK_P": _pow2_at_least(ho * wo, 32, 1024 if interpret else 256)}, config)
+        scalar_names = POOL_SCALARS
+        scalars = (nw, h, w, ho, wo, kh, kw, sh, sw, pt, pl)
+        pointers = ("*i32", "*i32")
+        grid = (_cdiv(ho * wo, cfg["BLOCK_P"]), nw, 1)
+        out_shape = (nw, ho, wo)
+        out_dtype = "int32"
+    else:  # Binarize
+        if attrs:
+            _fail(op, f"unknown attribute(s) {sorted(attrs)}")
+        c = c_or_words
+        nw = _cdiv(c, 32)
+        if c * h * w > INT32_MAX or nw > GRID_YZ_MAX:
+            _fail(op, "tensor too large for the kernel's indexing")
+        # GPU: [128, 1, 32] floats per program (32 per thread).
+        cfg = _override(op, {"BLOCK_P": _pow2_at_least(h * w, 32, 1024 if interpret else 128),
+                             "BLOCK_W": _pow2_at_least(nw, 1, 8) if interpret else 1}, config)
+        scalar_names = BINARIZE_SCALARS
+        scalars = (c, h * w)
+        pointers = ("*fp32", "*fp32", "*i32")
+        grid = (_cdiv(h * w, cfg["BLOCK_P"]), _cdiv(nw, cfg["BLOCK_W"]), 1)
+        out_shape = (nw, h, w)
+        out_dtype = "int32"
+    tile = [v for k, v in cfg.items() if k.startswith("BLOCK_")] + ([32] if op == "Binarize" else [])
+    if math.prod(tile) > 2**16:  # elements of the largest block tensor of a program
+        _fail(op, f"config: a tile of {' x '.join(map(str, tile))} elements is too large")
+    num_warps = int(cfg.pop("num_warps", 4))
+    num_stages = int(cfg.pop("num_stages", 1))
+    if num_warps not in (1, 2, 4, 8, 16, 32):
+        _fail(op, f"num_warps must be a power of 2 <= 32, got {num_warps}")
+    return LaunchSpec(op=op, kernel=KERNEL_NAMES[op], pointer_types=pointers, scalar_names=scalar_names,
+                      scalars=scalars, constexprs=cfg, num_warps=num_warps, num_stages=num_stages,
+                      grid_per_image=grid, out_shape=out_shape, out_dtype=out_dtype)
+
+
+def kernel_config(op: str, **shape_and_attrs) -> dict:
+    """The tile configuration the wrappers choose for a shape: BLOCK_* constexprs, num_warps,
+    num_stages, the kernel name and grid per image. Arguments as `launch_spec`."""
+    return launch_spec(op, **shape_and_attrs).config()
+
+
+# ============================================================================ wrappers
+
+
+def _tensor(op: str, name: str, t, dtype: torch.dtype, ndim: int, device=None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        _fail(op, f"{name} must be {str(dtype).replace('torch.', '')}, got {str(t.dtype).replace('torch.', '')}")
+    if t.dim() != ndim:
+        _fail(op, f"{name} must have {ndim} dimensions, got shape {list(t.shape)}")
+    if device is not None and t.device != device:
+        _fail(op, f"{name} is on {t.device}, X on {device}: all tensors must be on one device")
+    return t.contiguous()
+
+
+def _vector(op: str, name: str, t, length: int, device) -> torch.Tensor:
+    t = _tensor(op, name, t, torch.float32, 1, device)
+    if t.shape[0] != length:
+        _fail(op, f"{name} must be [{length}], got {list(t.shape)}")
+    return t
+
+
+def _launch(spec: LaunchSpec, batch: int, device: torch.device, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    dtype = torch.int32 if spec.out_dtype == "int32" else torch.float32
+    out = torch.empty((batch, *spec.out_shape), dtype=dtype, device=device)
+    if batch == 0:
+        return out
+    gx, gy, gz = spec.grid_per_image
+    if batch * gx > INT32_MAX or gy > GRID_YZ_MAX or gz > GRID_YZ_MAX:
+        _fail(spec.op, f"batch {batch} needs a grid of {batch * gx} x {gy} x {gz} programs: too many for one launch")
+    interpret = interpreted(device)
+    kernel = getattr(kernels(interpret), spec.kernel)
+    args = (*inputs, *spec.scalars, out)
+    if interpret:
+        # NumPy warns where IEEE arithmetic makes NaN (inf * 0): the contract's semantics.
+        with _interpreter_lock, _interpreter_without_overflow_checks(), np.errstate(all="ignore"):
+            kernel[(batch * gx, gy, gz)](*args, **spec.constexprs)
+    else:
+        with torch.cuda.device(device):
+            kernel[(batch * gx, gy, gz)](*args, **spec.constexprs, num_warps=spec.num_warps,
+                                         num_stages=spec.num_stages, **COMPILE_OPTIONS)
+    return out
+
+
+def _conv_weights(op: str, w, device) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    w = _tensor(op, "W", w, torch.int32, 4, device)
+    if w.shape[0] < 1:
+        _fail(op, f"W has no filters: {list(w.shape)}")
+    return w, tuple(w.shape)
+
+
+def xnor_conv2d(x, w, threshold, scale, bias, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+                relu=False, config: dict | None = None) -> torch.Tensor:
+    """XnorConv2d v1: X float32 [N, C, H, W], W int32 [M, kH, kW, ceil((C/group)/32)],
+    threshold float32 [C], scale and bias float32 [M] -> Y float32 [N, M, Ho, Wo]."""
+    op = "XnorConv2d"
+    x = _tensor(op, "X", x, torch.float32, 4)
+    device = x.device
+    w, (m, kh, kw, nwg) = _conv_weights(op, w, device)
+    n, c, h, wd = x.shape
+    spec = launch_spec(op, input_shape=(c, h, wd), num_filters=m, kernel_shape=(kh, kw), strides=strides,
+                       pads=pads, dilations=dilations, group=group, relu=relu, config=config,
+                       interpret=interpreted(device))
+    g = spec.scalars[CONV_SCALARS.index("G")]
+    if nwg != _cdiv(c // g, 32):
+        _fail(op, f"W shape {list(w.shape)} does not match [M, {kh}, {kw}, {_cdiv(c // g, 32)}] for C/group = {c // g}")
+    threshold = _vector(op, "threshold", threshold, c, device)
+    scale = _vector(op, "scale", scale, m, device)
+    bias = _vector(op, "bias", bias, m, device)
+    return _launch(spec, n, device, (x, w, threshold, scale, bias))
+
+
+def xnor_conv2d_bits(xp, w, scale, bias, *, channels, output_threshold=None, strides=(1, 1), pads=(0, 0, 0, 0),
+                     dilations=(1, 1), group=1, relu=False, config: dict | None = None) -> torch.Tensor:
+    """XnorConv2dBits: Xp int32 bits [N, ceil(C/32), H, W] (C = `channels`) -> Y float32
+    [N, M, Ho, Wo]; with `output_threshold` (float32 [M]), XnorConv2dBitsBinarize -> int32
+    bits [N, ceil(M/32), Ho, Wo]."""
+    op = "XnorConv2dBits" if output_threshold is None else "XnorConv2dBitsBinarize"
+    xp = _tensor(op, "Xp", xp, torch.int32, 4)
+    device = xp.device
+    w, (m, kh, kw, nwg) = _conv_weights(op, w, device)
+    n, words, h, wd = xp.shape
+    spec = launch_spec(op, input_shape=(words, h, wd), num_filters=m, channels=channels, kernel_shape=(kh, kw),
+                       strides=strides, pads=pads, dilations=dilations, group=group, relu=relu, config=config,
+                       interpret=interpreted(device))
+    c, g = spec.scalars[0], spec.scalars[CONV_SCALARS.index("G")]
+    if nwg != _cdiv(c // g, 32):
+        _fail(op, f"W shape {list(w.shape)} does not match [M, {kh}, {kw}, {_cdiv(c // g, 32)}] for C/group = {c // g}")
+    inputs = [xp, w, _vector(op, "scale", scale, m, device), _vector(op, "bias", bias, m, device)]
+    if output_threshold is not None:
+        inputs.append(_vector(op, "output_threshold", output_threshold, m, device))
+    return _launch(spec, n, device, inputs)
+
+
+def bit_max_pool(xp, *, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), config: dict | None = None) -> torch.Tensor:
+    """BitMaxPool: int32 bits [N, words, H, W] -> [N, words, Ho, Wo], word-wise OR over each
+    window's in-image taps (ONNX MaxPool geometry, floor mode; pads [top, left, bottom, right])."""
+    op = "BitMaxPool"
+    xp = _tensor(op, "Xp", xp, torch.int32, 4)
+    n, words, h, w = xp.shape
+    spec = launch_spec(op, input_shape=(words, h, w), kernel_shape=kernel_shape, strides=strides, pads=pads,
+                       config=config, interpret=interpreted(xp.device))
+    return _launch(spec, n, xp.device, (xp,))
+
+
+def binarize(x, threshold, *, config: dict | None = None) -> torch.Tensor:
+    """Binarize: X float32 [N, C, H, W], threshold float32 [C] -> int32 bits
+    [N, ceil(C/32), H, W]; bit = x >= threshold[c] (NaN: 0), bits past C are 0."""
+    op = "Binarize"
+    x = _tensor(op, "X", x, torch.float32, 4)
+    n, c, h, w = x.shape
+    spec = launch_spec(op, input_shape=(c, h, w), config=config, interpret=interpreted(x.device))
+    return _launch(spec, n, x.device, (x, _vector(op, "threshold", threshold, c, x.device)))
+
+
+
+__all__ = ["OPS", "KernelArgumentError", "LaunchSpec", "binarize", "bit_max_pool", "interpreted",
+           "kernel_config", "kernels", "launch_spec", "xnor_conv2d", "xnor_conv2d_bits"]
