@@ -9,13 +9,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_image_tree, write_tarball
-from xnorpipe import data
-from xnorpipe.data import (CLASSES, MEAN, STD, BatchIterator, augment, load_cifar10, normalize,
-                           to_tensor)
-from xnorpipe.errors import XnorpipeError
 
+from xnorpipe import data
+from xnorpipe.data import CLASSES, MEAN, STD, BatchIterator, augment, load_cifar10, normalize, to_tensor
+from xnorpipe.errors import XnorpipeError
 
 # ---------------------------------------------------------------- formats
 
@@ -71,7 +69,11 @@ def test_tarball_matches_tree_and_caches(image_tree, tmp_path, monkeypatch):
     again = load_cifar10(tgz)
     np.testing.assert_array_equal(again.train_images, d.train_images)
     assert again.classes == d.classes
-    # A changed archive (new mtime) is a cache miss.
+    # The key is the content: a touched archive still hits, changed bytes miss.
+    os.utime(tgz, ns=(1, 1))
+    load_cifar10(tgz)
+    with gzip.open(tgz, "ab") as f:  # a second gzip member: same tar, different bytes
+        f.write(b"\0" * 1024)
     os.utime(tgz, ns=(1, 1))
     with pytest.raises(AssertionError, match="decoded again"):
         load_cifar10(tgz)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import CLASSES, write_image_tree
 
-from xnorpipe.checkpoint import checkpoint_path
+from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from xnorpipe.cli import cli
 from xnorpipe.train import evaluate
 
@@ -97,3 +99,52 @@ def test_eval_errors(trained, train_tree, tmp_path):
     assert_one_line_error(r, "dataset not found")
     r = invoke("eval", "--data", train_tree.path)
     assert_one_line_error(r, "give --checkpoint")
+
+
+@pytest.mark.parametrize("classes", [CLASSES[:3], (*CLASSES, "unicorn", "zebra")], ids=["3-class", "12-class"])
+def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path, classes):
+    """A 3-class tree would score a meaningless 33 %; a 12-class one used to crash in the loss."""
+    out, _ = trained
+    tree = write_image_tree(tmp_path / "tree", n_train=1, n_test=2, classes=classes)
+    r = invoke("eval", "--checkpoint", checkpoint_path("nin_xnornet", out, best=True),
+               "--data", tree.path, "-q")
+    assert_one_line_error(r, f"{len(classes)} classes, but")
+    assert "scores 10 classes" in r.stderr
+
+
+def test_eval_checks_class_names_and_order(trained, tmp_path):
+    out, _ = trained
+    renamed = tuple(sorted(CLASSES))[:-1] + ("zebra",)  # 10 classes, the last one another
+    tree = write_image_tree(tmp_path / "tree", n_train=1, n_test=1, classes=renamed)
+    r = invoke("eval", "--checkpoint", checkpoint_path("nin_xnornet", out, best=True),
+               "--data", tree.path, "-q")
+    assert_one_line_error(r, "class 9 is 'zebra'")
+    assert "'truck'" in r.stderr
+
+
+def test_eval_of_a_checkpoint_without_class_names(trained, train_tree, tmp_path):
+    """Checkpoints from before classes were recorded still evaluate (count checked only)."""
+    out, log = trained
+    ckpt = load_checkpoint(checkpoint_path("nin_xnornet", out, best=True))
+    assert ckpt.classes == tuple(sorted(CLASSES))
+    state = {k: v for k, v in ckpt.state.items() if k not in ("format", "classes")}
+    old = tmp_path / "old.pth.tar"
+    save_checkpoint(old, state)
+    assert load_checkpoint(old).classes is None
+    r = invoke("eval", "--checkpoint", old, "--data", train_tree.path, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["top1"] == pytest.approx(max(rec["test_top1"] for rec in log))
+    tree = write_image_tree(tmp_path / "tree3", n_train=1, n_test=1, classes=CLASSES[:3])
+    r = invoke("eval", "--checkpoint", old, "--data", tree.path, "-q")
+    assert_one_line_error(r, "3 classes, but")
+
+
+def test_eval_names_the_cause_of_an_unreadable_checkpoint(trained, train_tree, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    out, _ = trained
+    locked = tmp_path / "locked.pth.tar"
+    locked.write_bytes(checkpoint_path("nin_xnornet", out, best=True).read_bytes())
+    locked.chmod(0)
+    r = invoke("eval", "--checkpoint", locked, "--data", train_tree.path)
+    assert_one_line_error(r, "permission denied")

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import ROOT
+
 from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from xnorpipe.cli import cli
 from xnorpipe.train import TrainingInterrupted, TrainOptions, train
@@ -95,10 +95,17 @@ def test_deterministic_runs_are_bit_identical(train_tree, tmp_path):
     assert not same_tensors(a["model"], c["model"])
 
 
-def test_interrupt_then_resume_equals_uninterrupted(train_tree, tmp_path):
-    straight = tmp_path / "straight"
+@pytest.fixture(scope="module")
+def straight_run(train_tree, tmp_path_factory):
+    """An uninterrupted 3-epoch deterministic nin run: what every resumed run must equal."""
+    straight = tmp_path_factory.mktemp("straight")
     r = invoke(*train_args(train_tree.path, straight, "nin", 3))
     assert r.exit_code == 0, r.output
+    return straight
+
+
+def test_interrupt_then_resume_equals_uninterrupted(train_tree, tmp_path, straight_run):
+    straight = straight_run
 
     # Ctrl-C right after epoch 1 completed (the per-epoch log line is the hook).
     def ctrl_c_after_epoch_1(msg):
@@ -131,11 +138,25 @@ def test_interrupt_then_resume_equals_uninterrupted(train_tree, tmp_path):
 # ------------------------------------------------------------------- DDP
 
 
+# Runs the CLI like cli.py, then reports the gloo worker threads still alive in the process.
+DDP_DRIVER = """
+import os, sys
+from xnorpipe.cli import main
+main(sys.argv[1:])
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(f"rank {os.environ['RANK']}: gloo worker threads after train: {threads.count('pt_gloo_runloop')}",
+      file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread names from /proc")
 def test_ddp_two_cpu_processes(train_tree, tmp_path):
     out = tmp_path / "ddp"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "cli.py", *map(str, train_args(train_tree.path, out, "nin", 1))]
+           str(driver), *map(str, train_args(train_tree.path, out, "nin", 1))]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "x 2 processes" in r.stderr
@@ -144,6 +165,11 @@ def test_ddp_two_cpu_processes(train_tree, tmp_path):
     assert ckpt.epoch == 1 and ckpt.state["recipe"]["batch_size"] == 20
     log = (out / "cifar10_nin_log.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["images_per_s"] > 0
+    # The process group really ended inside train(): its worker threads were joined. Left
+    # running (DDP's reducer, or a module imported after init, holding the group), one of them
+    # could free the last collective's work during interpreter shutdown and abort the process.
+    for rank in (0, 1):
+        assert f"rank {rank}: gloo worker threads after train: 0" in r.stderr, r.stderr[-3000:]
 
 
 # ------------------------------------------------------------ error paths
@@ -230,6 +256,7 @@ def test_checkpoint_loads_with_weights_only_and_builds(train_tree, tmp_path):
     ckpt = load_checkpoint(checkpoint_path("nin_xnornet", out, best=True), arch="nin_xnornet")
     model = ckpt.build_model()
     assert model.cfg == [int(c) for c in SMALL_CFG.split(",")]
+    assert ckpt.classes == tuple(sorted(train_tree.classes))  # recorded for eval's class check
     assert isinstance(ckpt.state["scheduler"]["milestones"], dict)
     assert {"data", "torch"} <= ckpt.state["rng"].keys()
     with torch.no_grad():
@@ -263,3 +290,35 @@ def test_signal_leaves_a_valid_checkpoint_and_one_line(train_tree, tmp_path, sig
     ckpt = load_checkpoint(checkpoint_path("nin", out), arch="nin")
     assert ckpt.epoch >= 1
     assert not list(out.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------ time limit
+
+
+def test_time_limit_stops_at_an_epoch_boundary_and_resume_finishes(train_tree, tmp_path, straight_run):
+    # A budget far below one epoch: the first epoch always runs, then the run stops cleanly.
+    out = tmp_path / "limited"
+    r = invoke(*train_args(train_tree.path, out, "nin", 3, "--time-limit", 1e-6))
+    assert r.exit_code == 0, r.output
+    assert "stopped after epoch 1 of 3" in r.stderr and "best test top-1" in r.stderr, r.stderr
+    ckpt = load_checkpoint(checkpoint_path("nin", out), arch="nin")
+    assert ckpt.epoch == 1
+    # The lr schedule is the planned 3-epoch one (milestones at epochs 1 and 2), not a 1-epoch one.
+    assert ckpt.state["scheduler"]["milestones"] == {1: 1, 2: 1}
+    log = [json.loads(x) for x in (out / "cifar10_nin_log.jsonl").read_text().splitlines()]
+    assert [rec["epoch"] for rec in log] == [1]
+    assert not list(out.glob(".*.tmp"))
+
+    r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", out, "--resume", "-q",
+               "--no-plot")
+    assert r.exit_code == 0, r.output
+    a = load_checkpoint(checkpoint_path("nin", straight_run)).state
+    b = load_checkpoint(checkpoint_path("nin", out)).state
+    assert b["epoch"] == 3
+    for key in ("model", "optimizer", "scheduler", "best_acc1"):
+        assert same_tensors(a[key], b[key]), key
+
+
+def test_time_limit_must_be_positive(train_tree, tmp_path):
+    r = invoke(*train_args(train_tree.path, tmp_path / "o", "nin", 1, "--time-limit", 0))
+    assert_one_line_error(r, "--time-limit must be positive")

@@ -1,11 +1,13 @@
 """Checkpoints: `cifar10_<arch>_checkpoint.pth.tar` (+ `_best`), written atomically.
 
 A checkpoint is a dict: format, arch, cfg, groups, epoch, best_acc1, model (state dict),
-optimizer, scheduler (state dicts, may be absent), and any extra fields the trainer adds.
+optimizer, scheduler (state dicts, may be absent), classes (the dataset's class names, in label
+order; absent in checkpoints written before it was recorded), and any extra fields the trainer adds.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.utils import atomic_path
+from xnorpipe.utils import atomic_path, os_error_reason
 
 FORMAT = "xnorpipe-checkpoint/1"
 DEFAULT_DIR = "checkpoints"
@@ -32,8 +34,13 @@ def default_checkpoint(arch: str) -> Path:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     state = {"format": FORMAT, **state}
+    # Serialised in memory, then written by Python: a full disk raises OSError(ENOSPC), which
+    # atomic_path words as such. torch.save(state, path), or into a file object (a short write),
+    # reports it as "inline_container.cc: unexpected pos".
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Checkpoint:
     epoch: int
     best_acc1: float
     state: dict[str, Any] = field(repr=False)
+    classes: tuple[str, ...] | None = None  # None: an older checkpoint that did not record them
 
     def build_model(self) -> torch.nn.Module:
         """The model of this checkpoint with its weights loaded (eval mode)."""
@@ -63,10 +71,14 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Checkpo
     """Read and validate a checkpoint; `arch`, when given, must match the stored one."""
     path = Path(path)
     if not path.is_file():
-        raise XnorpipeError(f"checkpoint not found: {path}")
+        raise XnorpipeError(f"checkpoint not found: {path}" if not path.is_dir()
+                            else f"checkpoint {path} is a directory")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        with open(path, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise XnorpipeError(f"{path}: cannot read checkpoint: {os_error_reason(e)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise XnorpipeError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                             f"{type(e).__name__}") from None
     except Exception as e:  # pickle errors of foreign files
@@ -75,9 +87,14 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Checkpo
         raise XnorpipeError(f"{path}: not an xnorpipe checkpoint (no '{FORMAT}' format tag)")
     if arch is not None and state.get("arch") != arch:
         raise XnorpipeError(f"{path}: checkpoint is for arch {state.get('arch')!r}, not {arch!r}")
+    classes = state.get("classes")
+    if classes is not None and (not isinstance(classes, (list, tuple))
+                                or not all(isinstance(c, str) for c in classes)):
+        raise XnorpipeError(f"{path}: checkpoint field 'classes' is not a list of names")
     try:
         return Checkpoint(path=path, arch=str(state["arch"]), cfg=list(state["cfg"]),
                           groups=list(state["groups"]), epoch=int(state.get("epoch", 0)),
-                          best_acc1=float(state.get("best_acc1", 0.0)), state=state)
+                          best_acc1=float(state.get("best_acc1", 0.0)), state=state,
+                          classes=tuple(classes) if classes is not None else None)
     except (KeyError, TypeError, ValueError) as e:
         raise XnorpipeError(f"{path}: checkpoint lacks field {e}") from None

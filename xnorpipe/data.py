@@ -1,14 +1,23 @@
 """CIFAR-10 loading, caching, and whole-batch augmentation on the training device.
 
 Sources (`load_cifar10(spec)`):
-  * the standard pickle folder `cifar-10-batches-py` (or its parent);
-  * an image-folder tree `train/<class>/*`, `test/<class>/*` (jpg/png), or a `.tar.gz`/`.tgz`/`.tar`
-    of one, read straight from the archive; decoded once on all cores, then cached as uint8
-    arrays in `$XNORPIPE_CACHE` (default `~/.cache/xnorpipe`);
+  * the standard pickle folder `cifar-10-batches-py` (or its parent), read by a restricted
+    unpickler that builds only what those files hold (dicts, lists, strings, numbers, numpy
+    arrays) and refuses any other global: a pickle cannot run code;
+  * an image-folder tree `train/<class>/*`, `test/<class>/*` (PNG/JPEG), or a `.tar.gz`/`.tgz`/
+    `.tar` of one, read straight from the archive; decoded once on all cores, then cached as
+    uint8 arrays in `$XNORPIPE_CACHE` (default `~/.cache/xnorpipe`) under a key made from the
+    content (the archive's sha256, or a sha256 over every image file's path and bytes);
   * `download:DIR`: torchvision's downloader into DIR (optional dependency, needs internet).
 
 Image-folder samples are ordered round-robin over the classes (image 0 of every class, then
 image 1, ...), so "the first N images" (`--subset`) is class-balanced like the pickle order.
+
+Pixel policy for image files (`_to_rgb8`): RGB as is; grayscale (L, 1) repeated to RGB; palette
+looked up; 16-bit (I;16*, or I within 0..65535) scaled to 8 bits by `v >> 8` (the high byte, as
+Pillow decodes 16-bit RGB PNGs); an alpha channel (RGBA, LA, PA, tRNS) is dropped when every
+pixel is opaque and refused otherwise (no background to composite on is "right"); float (F)
+and any other mode refused. Only PNG and JPEG content is decoded, whatever the file name says.
 
 Augmentation and normalisation work on whole uint8 NCHW batches as tensor ops (one gather per
 batch), with all randomness drawn per epoch from one torch.Generator: no per-image Python.
@@ -20,17 +29,18 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.utils import atomic_path, progress_interval
+from xnorpipe.utils import atomic_path, os_error_reason, progress_interval, sha256_file
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -38,7 +48,9 @@ STD = (0.2023, 0.1994, 0.2010)
 IMAGE_SIZE = 32
 PADDING = 4
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-CACHE_VERSION = 1
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO")  # MPO: the JPEG variant some cameras write
+# 2: content-addressed keys, 16-bit and alpha decoding policy.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -52,7 +64,7 @@ class Cifar10:
     classes: tuple[str, ...]
     source: str = ""
 
-    def subset(self, train: int | None = None, test: int | None = None) -> "Cifar10":
+    def subset(self, train: int | None = None, test: int | None = None) -> Cifar10:
         """The first `train` training and first `test` test images (None = all)."""
         return Cifar10(self.train_images[:train], self.train_labels[:train],
                        self.test_images[:test], self.test_labels[:test], self.classes, self.source)
@@ -78,11 +90,11 @@ def load_cifar10(spec: str | os.PathLike, *, progress: bool = True, use_cache: b
         if pickle_dir is not None:
             return _load_pickle_dir(pickle_dir)
         if (path / "train").is_dir() and (path / "test").is_dir():
-            return _cached(path, lambda: _decode_image_tree(path, progress), use_cache)
+            return _load_image_tree(path, progress, use_cache)
         raise XnorpipeError(f"{path}: not a CIFAR-10 folder (expected cifar-10-batches-py/ "
                             "or train/<class>/ and test/<class>/)")
     if path.is_file() and _is_tar_name(path.name):
-        return _cached(path, lambda: _decode_tar(path, progress), use_cache)
+        return _load_tar(path, progress, use_cache)
     raise XnorpipeError(f"{path}: unsupported dataset file (expected a folder or a .tar.gz)")
 
 
@@ -108,6 +120,7 @@ def _download(root: str) -> Cifar10:
 
 PICKLE_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 PICKLE_TEST = "test_batch"
+PIXELS_PER_IMAGE = 3 * IMAGE_SIZE * IMAGE_SIZE
 
 
 def _find_pickle_dir(path: Path) -> Path | None:
@@ -117,31 +130,120 @@ def _find_pickle_dir(path: Path) -> Path | None:
     return None
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle referenced a global outside the CIFAR-10 allow-list."""
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """`_codecs.encode` as Python 3 writes bytes in protocol-2 pickles; latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ForbiddenGlobal(f"_codecs.encode with {type(text).__name__}, {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _reconstruct_ndarray(subtype, shape, typecode):
+    """numpy's `_reconstruct`, limited to what ndarray.__reduce__ emits: (ndarray, (0,), b'b')."""
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise ForbiddenGlobal("numpy _reconstruct of anything but an empty ndarray")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
+
+
+def _numpy_scalar():
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2 (also the name 2.x pickles use)
+    except ImportError:
+        from numpy.core.multiarray import scalar  # numpy 1.x
+    return scalar
+
+
+# Everything the real cifar-10-batches-py files reference (Python 2 pickles of dicts whose
+# b'data' is a uint8 ndarray: numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype),
+# numpy 2's spelling of the same, numpy scalars, and Python 3's protocol-2 spelling of bytes.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _reconstruct_ndarray,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _reconstruct_ndarray,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, str/bytes, numbers and numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        make = _ALLOWED_GLOBALS.get((module, name))
+        if make is None:
+            raise ForbiddenGlobal(f"{module}.{name}")
+        return make()
+
+    def persistent_load(self, pid):
+        raise ForbiddenGlobal("a persistent id")
+
+
 def _read_pickle(path: Path) -> dict:
     if not path.is_file():
         raise XnorpipeError(f"{path.parent}: incomplete CIFAR-10 pickle folder, missing {path.name}")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except Exception as e:
+            obj = CifarUnpickler(f, encoding="bytes").load()
+    except ForbiddenGlobal as e:
+        raise XnorpipeError(f"{path}: refused: the pickle references {e}, which no CIFAR-10 "
+                            "file holds (only dicts, lists, strings, numbers, numpy arrays)") from None
+    except OSError as e:
+        raise XnorpipeError(f"{path}: cannot read: {os_error_reason(e)}") from None
+    except Exception as e:  # any malformed pickle (truncated, wrong opcodes, bad numpy state)
         raise XnorpipeError(f"{path}: unreadable CIFAR-10 pickle ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise XnorpipeError(f"{path}: not a CIFAR-10 batch (a {type(obj).__name__})")
     # Python-2-era pickles have bytes keys; normalise to str.
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 images and (N,) int64 labels of one batch file, checked exactly."""
     d = _read_pickle(path)
+    missing = [k for k in ("data", "labels") if k not in d]
+    if missing:
+        raise XnorpipeError(f"{path}: not a CIFAR-10 batch (no {' or '.join(missing)})")
+    data, labels = d["data"], d["labels"]
+    if not isinstance(data, np.ndarray):
+        raise XnorpipeError(f"{path}: 'data' is a {type(data).__name__}, expected a uint8 array")
+    if data.ndim != 2 or data.shape[1] != PIXELS_PER_IMAGE:
+        raise XnorpipeError(f"{path}: 'data' has shape {data.shape}, expected (N, {PIXELS_PER_IMAGE})")
+    if data.dtype != np.uint8:
+        # Integers within 0..255 convert losslessly; anything else would wrap or truncate.
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            what = (f"{data.dtype} values {data.min()}..{data.max()}" if data.dtype.kind in "iuf" and data.size
+                    else str(data.dtype))
+            raise XnorpipeError(f"{path}: 'data' is {what}, expected uint8 pixels 0..255")
+        data = data.astype(np.uint8)
     try:
-        data = np.asarray(d["data"], dtype=np.uint8)
-        labels = np.asarray(d["labels"], dtype=np.int64)
-        images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-    except (KeyError, ValueError) as e:
-        raise XnorpipeError(f"{path}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
-    if len(images) != len(labels):
-        raise XnorpipeError(f"{path}: {len(images)} images but {len(labels)} labels")
-    return np.ascontiguousarray(images), labels
+        labels = np.asarray(labels)
+    except (ValueError, TypeError, OverflowError):
+        raise XnorpipeError(f"{path}: 'labels' is not a list of integers") from None
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise XnorpipeError(f"{path}: 'labels' is not a list of integers "
+                            f"({labels.dtype}, shape {labels.shape})")
+    if len(labels) != len(data):
+        raise XnorpipeError(f"{path}: {len(data)} images but {len(labels)} labels")
+    images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _label_names(path: Path) -> tuple[str, ...] | None:
+    names = _read_pickle(path).get("label_names")
+    if names is None:
+        return None
+    if (not isinstance(names, (list, tuple)) or not names
+            or not all(isinstance(n, (str, bytes)) for n in names)):
+        raise XnorpipeError(f"{path}: 'label_names' is not a list of names")
+    names = tuple(n.decode("latin-1") if isinstance(n, bytes) else n for n in names)
+    if len(set(names)) != len(names):
+        raise XnorpipeError(f"{path}: 'label_names' repeats a name")
+    return names
 
 
 def _load_pickle_dir(folder: Path) -> Cifar10:
@@ -149,16 +251,14 @@ def _load_pickle_dir(folder: Path) -> Cifar10:
     test_images, test_labels = _pickle_batch(folder / PICKLE_TEST)
     classes = CLASSES
     if (folder / "batches.meta").is_file():
-        names = _read_pickle(folder / "batches.meta").get("label_names")
-        if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        classes = _label_names(folder / "batches.meta") or CLASSES
     data = Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
                    test_images, test_labels, classes, str(folder))
     _check_labels(data, folder)
     return data
 
 
-def _check_labels(data: Cifar10, where: Path) -> None:
+def _check_labels(data: Cifar10, where: Path | str) -> None:
     for labels in (data.train_labels, data.test_labels):
         if len(labels) and (labels.min() < 0 or labels.max() >= len(data.classes)):
             raise XnorpipeError(f"{where}: labels outside 0..{len(data.classes) - 1}")
@@ -167,17 +267,51 @@ def _check_labels(data: Cifar10, where: Path) -> None:
 # ------------------------------------------------------ image folders and archives
 
 
+class ImageRefused(ValueError):
+    """A readable image that the pixel policy refuses (transparency, float pixels, ...)."""
+
+
+def _to_rgb8(im) -> np.ndarray:
+    """A decoded PIL image -> (H, W, 3) uint8 by the module's pixel policy; ImageRefused if refused."""
+    mode = im.mode
+    transparent = f"{mode} image with transparent pixels: refusing to guess a background (flatten it to RGB)"
+    if "transparency" in im.info and mode in ("L", "RGB", "P", "1", "I", "I;16", "I;16B", "I;16L"):
+        if mode.startswith("I"):  # a transparent grey level (tRNS); Pillow has no 16-bit alpha mode
+            if (np.asarray(im) == im.info["transparency"]).any():
+                raise ImageRefused(transparent)
+        else:
+            im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(im.convert("RGBA"))
+        if (rgba[..., 3] != 255).any():
+            raise ImageRefused(transparent)
+        return np.ascontiguousarray(rgba[..., :3])
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        v = np.asarray(im)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise ImageRefused(f"{mode} pixels outside 0..65535: no defined 8-bit scaling")
+        gray = (v.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    raise ImageRefused(f"unsupported pixel mode {mode} (expected RGB, grayscale, palette, 16-bit "
+                       "or opaque RGBA)")
+
+
 def _decode_one(item: tuple[str, bytes]) -> np.ndarray:
     from PIL import Image
 
     name, blob = item
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as im:
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):  # checked before decoding: no pixel bombs
+                raise ImageRefused(f"image is {im.size[0]}x{im.size[1]}, expected 32x32")
+            im.load()
+            arr = _to_rgb8(im)
+    except ImageRefused as e:
+        raise ValueError(f"{name}: {e}") from None
     except Exception as e:
         raise ValueError(f"{name}: unreadable image ({type(e).__name__})") from None
-    if arr.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
     return arr
 
 
@@ -271,23 +405,80 @@ def _finish(where: str, classes, ordered, blobs: dict[str, bytes], progress: boo
     return Cifar10(*arrays["train"], *arrays["test"], classes, where)
 
 
-def _decode_image_tree(root: Path, progress: bool) -> Cifar10:
-    entries = []
+def _read_image_tree(root: Path) -> tuple[list[tuple[str, str, str]], dict[str, bytes]]:
+    """Every image file of train/<class>/ and test/<class>/: (split, class, key) entries and bytes.
+
+    os.scandir and raw reads: on a cache hit this walk is most of the load time (60k files).
+    """
+    entries, blobs = [], {}
     for split in ("train", "test"):
-        for cls_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            for f in cls_dir.iterdir():
-                entry = _split_member(str(f.relative_to(root)))
-                if entry is not None and f.is_file():
-                    entries.append(entry)
+        where = root / split
+        try:
+            with os.scandir(where) as it:
+                class_dirs = sorted((e.name, e.path) for e in it if e.is_dir())
+            for cls, cls_path in class_dirs:
+                where = Path(cls_path)
+                with os.scandir(cls_path) as it:
+                    names = sorted(e.name for e in it if e.is_file())
+                for name in names:
+                    if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                        continue
+                    key = f"{split}/{cls}/{name}"
+                    where = root / key
+                    blobs[key] = _read_file(os.path.join(cls_path, name))
+                    entries.append((split, cls, key))
+        except OSError as e:
+            raise XnorpipeError(f"{where}: cannot read: {os_error_reason(e)}") from None
+    return entries, blobs
+
+
+def _read_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _tree_key(blobs: dict[str, bytes]) -> str:
+    """sha256 over every image file's relative path, size and bytes (mtimes are no evidence)."""
+    h = hashlib.sha256()
+    for key in sorted(blobs):
+        blob = blobs[key]
+        h.update(f"{key}\0{len(blob)}\0".encode())
+        h.update(blob)
+    return f"tree-{h.hexdigest()}"
+
+
+def _load_image_tree(root: Path, progress: bool, use_cache: bool) -> Cifar10:
+    # One read of every file serves both the key and (on a miss) the decode: what is decoded is
+    # exactly what was hashed.
+    entries, blobs = _read_image_tree(root)
     classes, ordered = _index_samples(entries, str(root))
-    blobs = {}
-    for split in ("train", "test"):
-        for key, _ in ordered[split]:
-            try:
-                blobs[key] = (root / key).read_bytes()
-            except OSError as e:
-                raise XnorpipeError(f"{root / key}: unreadable ({e.strerror})") from None
-    return _finish(str(root), classes, ordered, blobs, progress)
+    return _cached(root, _tree_key(blobs) if use_cache else None,
+                   lambda: _finish(str(root), classes, ordered, blobs, progress))
+
+
+def _tar_key(path: Path) -> str:
+    try:
+        return f"tar-{sha256_file(path)}"
+    except OSError as e:
+        raise XnorpipeError(f"{path}: cannot read: {os_error_reason(e)}") from None
+
+
+def _load_tar(path: Path, progress: bool, use_cache: bool) -> Cifar10:
+    key = _tar_key(path) if use_cache else None
+
+    def decode() -> Cifar10:
+        data = _decode_tar(path, progress)
+        if key is not None and _tar_key(path) != key:
+            raise XnorpipeError(f"{path}: the archive changed while it was read; run again")
+        return data
+
+    return _cached(path, key, decode)
 
 
 def _decode_tar(path: Path, progress: bool) -> Cifar10:
@@ -304,6 +495,8 @@ def _decode_tar(path: Path, progress: bool) -> Cifar10:
                 f = tar.extractfile(member)
                 blobs[member.name] = f.read() if f is not None else b""
                 entries.append(entry)
+    except PermissionError as e:
+        raise XnorpipeError(f"{path}: cannot read: {os_error_reason(e)}") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise XnorpipeError(f"{path}: unreadable archive (truncated or not a tar?): "
                             f"{type(e).__name__}") from None
@@ -316,34 +509,44 @@ def _decode_tar(path: Path, progress: bool) -> Cifar10:
 # --------------------------------------------------------------------- cache
 
 
-def _cache_key(path: Path) -> str:
-    """Resolved path + size + mtime; for a tree also its split and class folders (where files land)."""
-    path = path.resolve()
-    parts = [f"v{CACHE_VERSION}", str(path)]
-    stats = [path]
-    if path.is_dir():
-        for split in ("train", "test"):
-            stats.append(path / split)
-            stats.extend(sorted(p for p in (path / split).iterdir() if p.is_dir()))
-    for p in stats:
-        st = p.stat()
-        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-
-
 def cache_file(path: str | os.PathLike) -> Path:
-    return cache_dir() / f"cifar10-{_cache_key(Path(path))}.npz"
+    """Where the decoded arrays of the image tree or archive at `path` are cached (reads it all)."""
+    path = Path(path)
+    if path.is_dir():
+        key = _tree_key(_read_image_tree(path)[1])
+    else:
+        key = _tar_key(path)
+    return _cache_path(key)
 
 
-def _cached(path: Path, decode, use_cache: bool) -> Cifar10:
-    target = cache_file(path) if use_cache else None
+def _cache_path(key: str) -> Path:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}\n{key}".encode()).hexdigest()[:32]
+    return cache_dir() / f"cifar10-v{CACHE_VERSION}-{digest}.npz"
+
+
+def _read_cache(target: Path, source: Path) -> Cifar10 | None:
+    try:
+        with np.load(target, allow_pickle=False) as z:
+            data = Cifar10(z["train_images"], z["train_labels"], z["test_images"],
+                           z["test_labels"], tuple(str(c) for c in z["classes"]), str(source))
+    except Exception:
+        return None  # a damaged cache entry is just rebuilt
+    for images, labels in ((data.train_images, data.train_labels), (data.test_images, data.test_labels)):
+        if (images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3)
+                or labels.dtype != np.int64 or labels.shape != images.shape[:1]):
+            return None
+    if not data.classes or any(len(labels) and (labels.min() < 0 or labels.max() >= len(data.classes))
+                               for labels in (data.train_labels, data.test_labels)):
+        return None
+    return data
+
+
+def _cached(path: Path, key: str | None, decode: Callable[[], Cifar10]) -> Cifar10:
+    target = _cache_path(key) if key is not None else None
     if target is not None and target.is_file():
-        try:
-            with np.load(target, allow_pickle=False) as z:
-                return Cifar10(z["train_images"], z["train_labels"], z["test_images"],
-                               z["test_labels"], tuple(str(c) for c in z["classes"]), str(path))
-        except Exception:
-            pass  # a damaged cache entry is just rebuilt
+        data = _read_cache(target, path)
+        if data is not None:
+            return data
     data = decode()
     _check_labels(data, path)
     if target is not None:
@@ -353,8 +556,9 @@ def _cached(path: Path, decode, use_cache: bool) -> Cifar10:
                 np.savez(f, train_images=data.train_images, train_labels=data.train_labels,
                          test_images=data.test_images, test_labels=data.test_labels,
                          classes=np.array(data.classes))
-        except OSError:
-            pass  # a read-only cache dir only costs speed
+        except OSError as e:  # a full or read-only cache dir only costs speed
+            print(f"xnorpipe: warning: dataset cache not written ({e}); continuing without it",
+                  file=sys.stderr)
     return data
 
 

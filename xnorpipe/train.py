@@ -6,20 +6,26 @@
 Under `torchrun` (env WORLD_SIZE > 1) it runs DDP (gloo on CPU, nccl on CUDA) with no other
 change: --batch-size stays the global batch (split evenly across processes, so the seed's lr
 still fits), every rank draws the same global shuffle, and only rank 0 writes files or prints.
+
+`time_limit` stops at an epoch boundary when the next epoch would likely overrun the budget
+(mean epoch time so far); the LR schedule stays the planned one (milestones at 50/75 % of the
+planned epochs), so `--resume` later continues exactly as if never stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +36,7 @@ from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoin
 from xnorpipe.data import BatchIterator, Cifar10, load_cifar10, normalize, to_tensor
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.models import ARCHS, build_model
-from xnorpipe.utils import atomic_write_text, progress_interval
+from xnorpipe.utils import append_text, atomic_write_text, os_error_reason, progress_interval
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -67,6 +73,7 @@ class TrainOptions:
     groups: Sequence[int] | None = None
     # NHWC: faster for these nets on CUDA and, per benchmarks/bench_train.py, on CPU (oneDNN) too.
     channels_last: bool = True
+    time_limit: float | None = None  # seconds of wall clock for this invocation; None = no limit
     progress: bool = True
     plot: bool = True
     log: Callable[[str], None] = print
@@ -205,11 +212,25 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size:
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build_model().to(dev)
     dataset = load_cifar10(data, progress=progress)
+    check_classes(dataset.classes, model.num_classes, ckpt.classes, data, ckpt.path)
     images, labels = dataset.test_images[:test_subset], dataset.test_labels[:test_subset]
     result = evaluate(model, to_tensor(images, dev), torch.from_numpy(labels),
                       batch_size=batch_size, device=dev)
     return {**result, "arch": ckpt.arch, "checkpoint": str(checkpoint), "epoch": ckpt.epoch,
             "cfg": ckpt.cfg, "groups": ckpt.groups, "device": str(dev)}
+
+
+def check_classes(dataset_classes: Sequence[str], num_classes: int,
+                  checkpoint_classes: Sequence[str] | None, data, checkpoint) -> None:
+    """The dataset's classes must be the model's: same count and, when the checkpoint recorded
+    them, the same names in the same label order (else the scores would be meaningless)."""
+    if len(dataset_classes) != num_classes:
+        raise XnorpipeError(f"{data}: {len(dataset_classes)} classes, but {checkpoint} scores "
+                            f"{num_classes} classes")
+    if checkpoint_classes is not None and tuple(checkpoint_classes) != tuple(dataset_classes):
+        diff = next(i for i, (a, b) in enumerate(zip(checkpoint_classes, dataset_classes)) if a != b)
+        raise XnorpipeError(f"{data}: class {diff} is {dataset_classes[diff]!r}, but {checkpoint} "
+                            f"was trained with {checkpoint_classes[diff]!r} there")
 
 
 # ------------------------------------------------------------------- training
@@ -279,6 +300,7 @@ def _validate(opts: TrainOptions) -> None:
     _check_positive("--batch-size", opts.batch_size)
     _check_positive("--subset", opts.subset)
     _check_positive("--test-subset", opts.test_subset)
+    _check_positive("--time-limit", opts.time_limit)
     if opts.seed is not None and opts.seed < 0:
         raise XnorpipeError(f"--seed must be non-negative, got {opts.seed}")
 
@@ -326,8 +348,14 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict]:
     """Log records of epochs <= upto_epoch (a crash may have logged an epoch it never saved)."""
     if not path.is_file():
         return []
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise XnorpipeError(f"{path}: cannot read the training log: {os_error_reason(e)}") from None
+    except UnicodeDecodeError:
+        raise XnorpipeError(f"{path}: the training log is not text") from None
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         with contextlib.suppress(ValueError):
             rec = json.loads(line)
             if isinstance(rec, dict) and rec.get("epoch", 0) <= upto_epoch:
@@ -337,6 +365,7 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict]:
 
 def train(opts: TrainOptions) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics and the files written."""
+    started = time.monotonic()  # the --time-limit clock: data loading counts too
     _validate(opts)
     dist = dist_from_env()
     device = resolve_device(opts.device, dist.local_rank)
@@ -369,7 +398,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     if dist.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _init_process_group(device)
     stack = contextlib.ExitStack()
     try:
         if dist.enabled:
@@ -390,25 +419,53 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                                ("--test-subset", recipe.test_subset, len(dataset.test_labels))):
             if n is not None and n > total:
                 raise XnorpipeError(f"{flag} {n} exceeds the {total} images of {opts.data}")
-        if len(dataset.classes) != model.num_classes:
+        if ckpt is not None:
+            check_classes(dataset.classes, model.num_classes, ckpt.classes, opts.data, ckpt.path)
+        elif len(dataset.classes) != model.num_classes:
             raise XnorpipeError(f"{opts.data}: {len(dataset.classes)} classes, the model has "
                                 f"{model.num_classes}")
         dataset = dataset.subset(recipe.subset, recipe.test_subset)
         result = _train_loop(opts, recipe, dist, device, model, dataset, ckpt,
-                             last_path, best_path, log_path, plot_path)
+                             last_path, best_path, log_path, plot_path, started)
         if dist.enabled:
-            # Rank 0 still writes the last checkpoint: tearing the group down under it made
-            # gloo abort the other rank ("terminate called without an active exception").
-            torch.distributed.barrier()
+            # Rank 0 may still be writing the last checkpoint: no rank leaves before it is done.
+            torch.distributed.all_reduce(torch.zeros(1, device=device), async_op=True).wait()
         return result
     finally:
         stack.close()
         if dist.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            _destroy_process_group()
+
+
+def _init_process_group(device: torch.device) -> None:
+    # torch.distributed.nn.functional binds `group.WORLD` as a default argument when imported;
+    # torch._dynamo imports it, and the optimizer imports torch._dynamo lazily. Imported after
+    # init_process_group, those defaults would hold the group past destroy_process_group():
+    # import them while WORLD is still None.
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.nn  # noqa: F401
+
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _destroy_process_group() -> None:
+    """Tear the group down for real: its last reference dropped, gloo's worker threads joined.
+
+    DistributedDataParallel's reducer holds the group; while anything does,
+    destroy_process_group() only unregisters it, gloo's worker threads live on, and one of them
+    may release the last collective's Work while the interpreter is finalizing: the thread is
+    killed mid-destructor and the C++ runtime aborts ("terminate called without an active
+    exception", SIGABRT, after a successful run). _train_loop drops the DDP wrapper on the way
+    out; collecting its reference cycles here lets the group's destructor join the threads now.
+    """
+    gc.collect()
+    torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar10, ckpt,
-                last_path: Path, best_path: Path, log_path: Path, plot_path: Path) -> dict:
+                last_path: Path, best_path: Path, log_path: Path, plot_path: Path,
+                started: float) -> dict:
     from tqdm import tqdm
 
     memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
@@ -437,7 +494,7 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                             memory_format=memory_format)
     n_train = sum(batches.global_batch_sizes())
 
-    net: nn.Module = model
+    net: nn.Module | None = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -452,37 +509,27 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                  f"test images on {device}"
                  f"{f' x {dist.world} processes' if dist.enabled else ''}, epochs "
                  f"{start_epoch + 1}..{recipe.epochs}, batch {recipe.batch_size}, lr {recipe.lr}, "
-                 f"seed {recipe.seed}{', deterministic' if opts.deterministic else ''}")
+                 f"seed {recipe.seed}{', deterministic' if opts.deterministic else ''}"
+                 f"{f', time limit {opts.time_limit:g} s' if opts.time_limit else ''}")
 
     epoch = saved_epoch = start_epoch
     metrics: dict[str, Any] = {}
+    epoch_seconds: list[float] = []  # wall time of each epoch of this invocation
+    stopped = None
     try:
         for epoch in range(start_epoch, recipe.epochs):
+            if epoch_seconds and opts.time_limit is not None:
+                stopped = _time_limit_stop(opts.time_limit, started, epoch_seconds, dist, device)
+                if stopped is not None:
+                    break
+            epoch_started = time.monotonic()
             lr = optimizer.param_groups[0]["lr"]
-            net.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
             bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img",
                        unit_scale=True, disable=not (opts.progress and dist.is_main),
                        leave=False, dynamic_ncols=True, mininterval=progress_interval())
             t0 = time.perf_counter()
-            sizes = batches.global_batch_sizes()
-            for step, (x, y) in enumerate(batches):
-                with _autocast(device, amp_dtype):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                # Accumulated on the device: no host sync per step.
-                loss_sum += loss.detach().double() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                bar.update(sizes[step])
-            totals = torch.stack([loss_sum, correct.double()])
-            if dist.enabled:
-                torch.distributed.all_reduce(totals)
-            train_loss, train_correct = totals.tolist()  # the epoch's one sync
+            train_loss, train_correct = _train_epoch(net, batches, optimizer, scaler, device,
+                                                     amp_dtype, dist, bar)
             seconds = time.perf_counter() - t0
             bar.close()
             scheduler.step()
@@ -503,9 +550,9 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                        "images_per_s": round(n_train / seconds, 1)}
             if dist.is_main:
                 records.append(metrics)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                append_text(log_path, json.dumps(metrics) + "\n")
                 state = {"arch": opts.arch, "cfg": recipe.cfg, "groups": recipe.groups,
+                         "classes": list(dataset.classes),
                          "epoch": epoch + 1, "best_acc1": best_acc1,
                          # NCHW copies: channels_last strides would leak into export/deploy code.
                          "model": {k: v.contiguous() for k, v in model.state_dict().items()},
@@ -526,12 +573,69 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                          f"{metrics['train_loss']:.4f} top1 {metrics['train_top1']:.2f}  test loss "
                          f"{test['loss']:.4f} top1 {test['top1']:.2f} (best {best_acc1:.2f})  "
                          f"{seconds:.1f}s {metrics['images_per_s']:.0f} img/s")
+            epoch_seconds.append(time.monotonic() - epoch_started)
     except KeyboardInterrupt:
         if not dist.is_main:
             raise
         where = (f"checkpoint of epoch {saved_epoch} in {last_path}; continue with --resume"
                  if saved_epoch > 0 else "no epoch completed, nothing saved")
         raise TrainingInterrupted(f"interrupted during epoch {epoch + 1}: {where}") from None
+    finally:
+        # The DDP wrapper holds the process group: drop it here, even when unwinding (a
+        # traceback keeps this frame, not the binding), so _destroy_process_group can end it.
+        net = None
+        if opts.compile and dist.enabled:
+            torch._dynamo.reset()  # compiled code and guards reference the DDP module too
+    done = epoch if stopped is not None else recipe.epochs
+    if stopped is not None and dist.is_main:
+        opts.log(f"time limit {opts.time_limit:g} s: stopped after epoch {done} of {recipe.epochs} "
+                 f"({stopped}); best test top-1 {best_acc1:.2f} %; checkpoint {last_path}, "
+                 "continue with --resume")
     return {**metrics, "best_top1": best_acc1, "checkpoint": str(last_path),
             "best_checkpoint": str(best_path), "log": str(log_path), "plot": str(plot_path),
-            "seed": recipe.seed, "epochs": recipe.epochs}
+            "seed": recipe.seed, "epochs": recipe.epochs, "epochs_done": done,
+            "stopped": "time_limit" if stopped is not None else None}
+
+
+def _train_epoch(net: nn.Module, batches: BatchIterator, optimizer, scaler, device, amp_dtype,
+                 dist: Dist, bar) -> tuple[float, float]:
+    """One pass over the training batches; (summed loss, correct count) over all ranks."""
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    sizes = batches.global_batch_sizes()
+    for step, (x, y) in enumerate(batches):
+        with _autocast(device, amp_dtype):
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        # Accumulated on the device: no host sync per step.
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        bar.update(sizes[step])
+    totals = torch.stack([loss_sum, correct.double()])
+    if dist.enabled:
+        torch.distributed.all_reduce(totals)
+    train_loss, train_correct = totals.tolist()  # the epoch's one sync
+    return train_loss, train_correct
+
+
+def _time_limit_stop(limit: float, started: float, epoch_seconds: list[float], dist: Dist,
+                     device) -> str | None:
+    """Why to stop before the next epoch (it would likely overrun `limit`), or None to go on.
+
+    Every rank must take the same decision: a rank that expects to overrun stops them all.
+    """
+    elapsed = time.monotonic() - started
+    expected = sum(epoch_seconds) / len(epoch_seconds)
+    stop = elapsed + expected > limit
+    if dist.enabled:
+        flag = torch.tensor([1.0 if stop else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag.item())
+    if not stop:
+        return None
+    return f"{elapsed:.0f} s used of {limit:g} s, an epoch takes about {expected:.0f} s"

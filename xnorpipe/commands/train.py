@@ -46,23 +46,28 @@ def _int_list(flag: str):
               help="The 9 conv groups [default: the seed's for --arch].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="NHWC memory format (faster for these nets on CPU and CUDA).")
+@click.option("--time-limit", type=float, default=None, metavar="SECONDS",
+              help="Wall-clock budget: stop at the epoch boundary where the next epoch would likely "
+              "overrun it (mean epoch time so far; the first epoch always runs), keeping the planned "
+              "lr schedule; exit 0, continue later with --resume.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG of the curves.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def train(arch, data, epochs, lr, batch_size, device, deterministic, seed, amp, subset, test_subset,
-          out, resume, use_compile, cfg, groups, channels_last, no_plot, quiet):
+          out, resume, use_compile, cfg, groups, channels_last, time_limit, no_plot, quiet):
     """Train ARCH on CIFAR-10 with the seed's recipe (checkpoint every epoch, +_best).
 
     Defaults: SGD momentum 0.9, weight decay 1e-4, batch 100, lr x0.1 at 50 % and 75 % of the
     epochs. --data download:DIR fetches the pickles with torchvision (if installed).
     Under torchrun it trains with DDP; --batch-size is then the global batch.
     """
-    from xnorpipe.train import TrainOptions, train as run
+    from xnorpipe.train import TrainOptions
+    from xnorpipe.train import train as run
 
     _sigterm_as_interrupt()
     run(TrainOptions(arch=arch, data=data, epochs=epochs, lr=lr, batch_size=batch_size,
                      device=device, deterministic=deterministic, seed=seed, amp=amp, subset=subset,
                      test_subset=test_subset, out=out, resume=resume, compile=use_compile, cfg=cfg,
-                     groups=groups, channels_last=channels_last, progress=not quiet,
+                     groups=groups, channels_last=channels_last, time_limit=time_limit, progress=not quiet,
                      plot=not no_plot, log=lambda msg: click.echo(msg, err=True)))
 
 
