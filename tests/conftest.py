@@ -27,6 +27,17 @@ def _isolated_cache(tmp_path_factory):
         os.environ["XNORPIPE_CACHE"] = old
 
 
+def require_ort_library() -> str:
+    """Path of libxnorpipe_ort.so; skips the calling test, with the reason, when it is not built."""
+    from xnorpipe.errors import XnorpipeError
+    from xnorpipe.native import ort_library_path
+
+    try:
+        return ort_library_path()
+    except XnorpipeError as e:
+        pytest.skip(f"libxnorpipe_ort.so is not built ({e}); build it with `make native`")
+
+
 @pytest.fixture(scope="session")
 def cifar_tarball() -> Path:
     """The real CIFAR-10 JPEG tarball: $XNORPIPE_TEST_DATA or ../shared/data/cifar10-jpeg.tar.gz."""
@@ -35,6 +46,17 @@ def cifar_tarball() -> Path:
     if not path.is_file():
         pytest.skip(f"real CIFAR-10 tarball not found at {path} (set XNORPIPE_TEST_DATA)")
     return path
+
+
+def assert_outputs_depend_on_input(outputs) -> None:
+    """A parity check proves something only if the model's outputs vary with its input (a random
+    init's BatchNorm statistics give a binary net the same logits for every image): the outputs
+    of most inputs must differ from each other, by more than rounding."""
+    y = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    assert len(y) >= 2, "needs the outputs of at least two inputs"
+    spread = float(np.ptp(y, axis=0).max())
+    assert spread > 1e-3 * max(1.0, float(np.abs(y).max())), f"outputs do not depend on the input (spread {spread:.3g})"
+    assert len(np.unique(y, axis=0)) > len(y) // 2, "most inputs give the same outputs"
 
 
 @dataclass

@@ -57,7 +57,9 @@ def exported(tmp_path_factory):
 
 def test_export_writes_every_form_with_table_and_provenance(exported):
     d, ckpt, stdout = exported
-    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["nin_xnornet.packed-bits.onnx",
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["nin_xnornet.packed-bits-inline.onnx",
+                                                              "nin_xnornet.packed-bits.onnx",
+                                                              "nin_xnornet.packed-inline.onnx",
                                                               "nin_xnornet.packed.onnx",
                                                               "nin_xnornet.portable.onnx"]
     for word in ("portable", "packed", "packed-bits", "XnorConv2d nodes", "bit ops", "KiB"):
@@ -161,7 +163,8 @@ def test_bench_errors_are_one_line(case, exported, tmp_path):
                 "--iters", 1)
         assert_one_line_error(r, "ort-xnor", "float arch")
     elif case == "packed_bits_for_trt":  # refused before TensorRT is imported: no GPU needed
-        r = cli("bench", "--onnx", d / "ckpt" / "nin_xnornet.packed-bits.onnx", "--engine", "trt", "--iters", 1)
+        r = cli("bench", "--onnx", d / "ckpt" / "nin_xnornet.packed-bits.onnx", "--engine", "trt",
+                "--gpu-kernels", "cuda", "--iters", 1)
         assert_one_line_error(r, "bit-packed activations", "XnorConv2d only", "--form packed")
     else:
         r = cli("bench", "--onnx", tmp_path / "nope.onnx", "--engine", "ort")

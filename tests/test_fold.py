@@ -3,15 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from conftest import assert_outputs_depend_on_input
 
 from xnorpipe.deploy import ir
-from xnorpipe.deploy.fold import bn_thresholds, fold_model, load_source_model
+from xnorpipe.deploy.fold import bn_thresholds, fold_model
 from xnorpipe.deploy.module import DeployModule
 from xnorpipe.deploy.packing import unpack_weights
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.models import ARCHS, build_model
 from xnorpipe.models.binary import sign
 from xnorpipe.models.nin import BinaryBlock
+from xnorpipe.sources import load_source_model
 
 SMALL = {  # narrower widths keep the tests fast; 40 and 48 are not multiples of 32
     "nin": ([40, 48, 32, 40, 40, 32, 48, 40], None),
@@ -32,6 +34,28 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.bias.data = torch.randn(c, generator=g) * 0.5
             m.running_mean.data = torch.randn(c, generator=g) * 0.5
             m.running_var.data = torch.rand(c, generator=g) * 2 + 0.05
+    return model.eval()
+
+
+def calibrated_random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """BN statistics measured on standard-normal inputs (cumulative average), then random gammas
+    (negative and exactly zero ones) and betas: the thresholds lie inside the activations' range,
+    so the logits depend on the input (with random statistics, `randomise_bn`, they often do not)."""
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    g = torch.Generator().manual_seed(seed)
+    for m in norms:
+        c = m.num_features
+        m.weight.data = torch.randn(c, generator=g) * 2
+        m.weight.data[::9] = 0.0
+        m.bias.data = torch.randn(c, generator=g) * 0.5
+        m.momentum = 0.1
     return model.eval()
 
 
@@ -83,12 +107,14 @@ def _block_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[BinaryBlock, 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_deploy_module_equals_trained_model(arch):
     cfg, groups = SMALL[arch]
-    model = randomise_bn(build_model(arch, cfg, groups), seed=1)
+    torch.manual_seed(1)
+    model = calibrated_random_bn(build_model(arch, cfg, groups), seed=1)
     deploy = fold_model(model, arch=arch)
     module = DeployModule(deploy)
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want, got = model(x), module(x)
+    assert_outputs_depend_on_input(want.numpy())
     assert got.shape == (16, 10)
     assert torch.equal(want.argmax(1), got.argmax(1))
     assert torch.allclose(want, got, rtol=1e-4, atol=1e-4)
@@ -142,11 +168,20 @@ def test_packed_weights_are_the_binarized_weights():
         np.testing.assert_array_equal(layer.bias, block.conv.bias.detach().numpy())
 
 
-def test_random_init_source_is_reproducible_and_checkpoints_are_checked(tmp_path):
+def test_random_init_source_is_reproducible_calibrated_and_checkpoints_are_checked(tmp_path):
     a, meta = load_source_model("nin_xnornet", random_init=True)
     b, _ = load_source_model("nin_xnornet", random_init=True)
-    assert meta["xnorpipe.random_init"] == "true"
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    assert meta["xnorpipe.random_init"] == "true" and meta["xnorpipe.random_calibration"] == "synthetic:0"
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
+    assert not a.training
+    # calibrated: the statistics are measured, and the logits depend on the image
+    bn = a.features[1].bn
+    assert bn.momentum == 0.1 and not torch.all(bn.running_mean == 0) and not torch.all(bn.running_var == 1)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = a(x), DeployModule(fold_model(a, arch="nin_xnornet"))(x)
+    assert_outputs_depend_on_input(want.numpy())
+    assert torch.equal(want.argmax(1), got.argmax(1)) and torch.allclose(want, got, rtol=1e-4, atol=1e-4)
     with pytest.raises(XnorpipeError, match="--random-init"):
         load_source_model("nin_xnornet", tmp_path / "missing.pth.tar")

@@ -8,18 +8,26 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_outputs_depend_on_input
+from test_fold import SMALL
 
 from xnorpipe import __version__
 from xnorpipe.deploy import ir, onnx_export
 from xnorpipe.deploy.fold import fold_model
 from xnorpipe.deploy.module import DeployModule
 from xnorpipe.deploy.packing import pack_weights
-from xnorpipe.deploy.reference import (avg_pool2d64, avg_pool_binarize, binarize_bits, bit_max_pool,
-                                       conv_binarize, float_conv2d64, unpack_activation_bits, xnor_conv2d,
-                                       xnor_conv2d_bits)
+from xnorpipe.deploy.reference import (
+    avg_pool2d64,
+    avg_pool_binarize,
+    binarize_bits,
+    bit_max_pool,
+    conv_binarize,
+    float_conv2d64,
+    unpack_activation_bits,
+    xnor_conv2d,
+    xnor_conv2d_bits,
+)
 from xnorpipe.models import ARCHS, build_model
-
-from test_fold import SMALL, randomise_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +41,18 @@ def session(m: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
 
 
 def forms_of(arch):
-    return ["portable", "packed", "packed-bits"] if ARCHS[arch].binary else ["portable"]
+    return list(onnx_export.FORMS) if ARCHS[arch].binary else ["portable"]
 
 
 @pytest.fixture(scope="module")
 def small_models():
+    """SMALL widths, BN statistics measured on standard-normal inputs (the tests' inputs), then a
+    third of the gammas negated: logits that depend on the input, and gamma < 0 channels. (With
+    random statistics alone, `randomise_bn`, nin_xnornet's logits are the same for every input.)"""
+    calib = np.random.default_rng(12).standard_normal((64, 3, 32, 32)).astype(np.float32)
     out = {}
     for arch in ARCHS:
-        model = randomise_bn(build_model(arch, *SMALL[arch]), seed=11)
+        model = calibrated(arch, SMALL[arch][0], calib, seed=11)
         out[arch] = (model, fold_model(model, arch=arch, metadata={"xnorpipe.checkpoint_sha256": "ab" * 32}))
     return out
 
@@ -67,13 +79,15 @@ def test_forms_match_deploy_module_with_dynamic_batch(arch, small_models):
         x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
             want = module(x).numpy()
+        if batch > 1:
+            assert_outputs_depend_on_input(want)
         for form in forms_of(arch):
             m = onnx_export.build_onnx(deploy, form)
             got = session(m).run(None, {"input": x.numpy()})[0]
             assert got.shape == (batch, 10)
             np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-            if form != "portable":
+            if form in ("packed", "packed-bits"):
                 assert onnx_export.count_custom_nodes(m) == 7
 
 
@@ -99,12 +113,14 @@ def test_custom_nodes_and_function_layout(small_models):
 def test_metadata(small_models, tmp_path):
     _, deploy = small_models["nin_xnornet"]
     files = onnx_export.export(deploy, onnx_export.FORMS, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nin_xnornet.packed-bits.onnx", "nin_xnornet.packed.onnx",
-                                                          "nin_xnornet.portable.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "nin_xnornet.packed-bits-inline.onnx", "nin_xnornet.packed-bits.onnx", "nin_xnornet.packed-inline.onnx",
+        "nin_xnornet.packed.onnx", "nin_xnornet.portable.onnx"]
     for f in files:
         meta = onnx_export.model_metadata(onnx.load(str(f.path)))
         assert meta["xnorpipe.arch"] == "nin_xnornet"
         assert meta["xnorpipe.form"] == f.form
+        assert meta["xnorpipe.input"] == "RGB uint8 / 255, then (x - mean) / std, NCHW float32"
         assert json.loads(meta["xnorpipe.mean"]) == pytest.approx([0.4914, 0.4822, 0.4465])
         assert json.loads(meta["xnorpipe.std"]) == pytest.approx([0.2023, 0.1994, 0.2010])
         assert meta["xnorpipe.layout"] == "NCHW"
@@ -115,13 +131,19 @@ def test_metadata(small_models, tmp_path):
 
 
 def test_packed_is_at_most_an_eighth_of_portable(tmp_path):
+    """And the inlined forms keep most of it (their weights stay packed; each call site gets its
+    own copy of the function body): about 15x and 13x for nin_xnornet."""
     model = build_model("nin_xnornet").eval()  # the seed's widths: the size claim is about them
-    files = {f.form: f for f in onnx_export.export(fold_model(model, arch="nin_xnornet"),
-                                                    ["portable", "packed"], tmp_path)}
-    portable, packed = files["portable"].size_bytes, files["packed"].size_bytes
-    print(f"nin_xnornet portable {portable} B, packed {packed} B ({portable / packed:.1f}x)")
-    assert packed * 8 <= portable
+    files = {f.form: f for f in onnx_export.export(fold_model(model, arch="nin_xnornet"), onnx_export.FORMS,
+                                                    tmp_path)}
+    portable = files["portable"].size_bytes
+    print("nin_xnornet " + ", ".join(f"{form} {f.size_bytes} B ({portable / f.size_bytes:.1f}x)"
+                                     for form, f in files.items()))
+    assert files["packed"].size_bytes * 8 <= portable
+    assert all(files[form].size_bytes * 12 <= portable for form in ("packed-inline", "packed-bits-inline"))
     assert files["packed"].custom_nodes == 7 and files["portable"].custom_nodes == 0
+    assert files["packed-inline"].custom_nodes == 0 and files["packed-inline"].packed_weight_bytes == \
+        files["packed"].packed_weight_bytes
 
 
 def test_opset_limits(small_models):
@@ -129,7 +151,7 @@ def test_opset_limits(small_models):
     from xnorpipe.errors import XnorpipeError
 
     onnx_export.check_onnx(onnx_export.build_onnx(deploy, "portable", opset=17))
-    for form in ("packed", "packed-bits"):
+    for form in onnx_export.FORMS[1:]:
         with pytest.raises(XnorpipeError, match="opset >= 18"):
             onnx_export.build_onnx(deploy, form, opset=17)
         onnx_export.check_onnx(onnx_export.build_onnx(deploy, form, opset=21))
@@ -259,6 +281,7 @@ def assert_within_contract(got, oracle, trained):
 @pytest.mark.parametrize("arch", ["nin_xnornet", "nin_gc_xnornet"])
 def test_real_images_parity(arch, cifar):
     deploy, test_x, trained, oracle = real_runs(arch, cifar)
+    assert_outputs_depend_on_input(trained)
     portable = session(onnx_export.build_onnx(deploy, "portable")).run(None, {"input": test_x})[0]
     packed = session(onnx_export.build_onnx(deploy, "packed")).run(None, {"input": test_x})[0]
     assert np.median(np.abs(portable - oracle)) <= 1e-5
@@ -307,6 +330,7 @@ def test_custom_op_library_matches_the_function_body(small_models):
     assert kernel.describe()["xnor_nodes"] == 7 and kernel.library
     with torch.no_grad():
         want = DeployModule(deploy)(torch.from_numpy(x)).numpy()
+    assert_outputs_depend_on_input(want)
     got = kernel(x)
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -704,7 +728,8 @@ def test_conv_binarize_fusion_rules():
                           ir.Flatten()],
                          ["Conv", "Relu", "MaxPool", "Binarize", "XnorConv2dBitsBinarize", "XnorConv2dBits",
                           "Flatten"]),
-        "float_reader": ([float_conv(4, 40), binary(40, 10), ir.Flatten()], ["ConvBinarize", "XnorConv2dBits", "Flatten"]),
+        "float_reader": ([float_conv(4, 40), binary(40, 10), ir.Flatten()],
+                         ["ConvBinarize", "XnorConv2dBits", "Flatten"]),
     }
     x = rng.standard_normal((4, 4, 6, 6)).astype(np.float32)
     for name, (layers, sequence) in cases.items():
@@ -959,6 +984,7 @@ def test_packed_bits_matches_packed_on_stock_ort(calibrated_nin):
     x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
     logits_bits, logits_packed, differ = _packed_bits_vs_packed(
         calibrated_nin, lambda m: session(m, optimize=False), x)
+    assert_outputs_depend_on_input(logits_packed)
     assert differ.mean() <= 0.05
     np.testing.assert_array_equal(logits_bits.argmax(1), logits_packed.argmax(1))
     assert np.median(np.abs(logits_bits - logits_packed)) <= 1e-6
@@ -998,6 +1024,7 @@ def test_ort_engine_runs_packed_bits_through_function_bodies(small_models, tmp_p
     np.testing.assert_allclose(got, want_packed, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         want = DeployModule(deploy)(torch.from_numpy(x)).numpy()
+    assert_outputs_depend_on_input(want)
     np.testing.assert_allclose(OrtEngine(onnx_path=str(files["packed-bits"].path))(x), want, rtol=1e-4, atol=1e-4)
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 from xnorpipe.deploy import onnx_export
-from xnorpipe.deploy.fold import fold_model, load_source_model
+from xnorpipe.deploy.fold import fold_model
 from xnorpipe.native import ort_library_path
+from xnorpipe.sources import load_source_model
 
 
 def main() -> int:

@@ -1,10 +1,11 @@
-"""`xnorpipe export`: fold a checkpoint and write portable, packed and/or packed-bits ONNX files."""
+"""`xnorpipe export`: fold a checkpoint and write the ONNX forms (deploy/forms.py) of it."""
 
 from __future__ import annotations
 
 import click
 
 from xnorpipe.commands import options
+from xnorpipe.deploy.forms import DEFAULT_OPSET, FORM_SETS, FORMS, MIN_OPSET, cli_help
 
 
 def _kib(n: int) -> str:
@@ -14,29 +15,50 @@ def _kib(n: int) -> str:
 @click.command()
 @options.arch(required=True)
 @options.checkpoint("Checkpoint to export [default: checkpoints/cifar10_<arch>_best.pth.tar].")
-@click.option("--form", type=click.Choice(["portable", "packed", "packed-bits", "all", "both"]), default="all",
-              show_default=True,
-              help="portable: standard ONNX ops only; packed: xnorpipe::XnorConv2d nodes with "
-              "bit-packed weights; packed-bits: packed, plus bit-packed activations between binary "
-              "layers (ONNX Runtime only; binary archs only); all: every form of the arch; "
-              "both: portable and packed.")
+@click.option("--form", type=click.Choice([*FORMS, *FORM_SETS]), default="all", show_default=True,
+              help=cli_help())
 @options.out_dir("exports", "Output folder.")
 @options.random_init()
-@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True,
-              help="ai.onnx opset (packed and packed-bits need >= 18).")
-def export(arch, checkpoint, form, out, random_init, opset):
-    """Fold BatchNorm and scaling factors and export ONNX (<out>/<arch>.<form>.onnx)."""
-    from xnorpipe.deploy.fold import fold_model, load_source_model
-    from xnorpipe.deploy.onnx_export import export as export_onnx, resolve_forms
+@options.data()
+@click.option("--opset", type=click.IntRange(min=1), default=DEFAULT_OPSET, show_default=True,
+              help=f"ai.onnx opset: portable needs >= {MIN_OPSET['portable']}, the other forms >= "
+              f"{MIN_OPSET['packed']}; at most what the installed onnx and onnxruntime support.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Export weights or BatchNorm statistics holding NaN or inf (refused by default: the forms "
+              "may disagree on them).")
+def export(arch, checkpoint, form, out, random_init, data, opset, allow_nonfinite):
+    """Fold BatchNorm and scaling factors and export ONNX (<out>/<arch>.<form>.onnx).
 
-    model, metadata = load_source_model(arch, checkpoint, random_init)
-    deploy = fold_model(model, arch=arch, metadata=metadata)
+    All forms of one run are written together: the folder never holds forms of this arch from
+    two checkpoints (forms of another one are removed). A --random-init model has its BatchNorm
+    statistics calibrated on the first training images of --data, else on a fixed synthetic set.
+    """
+    from xnorpipe.deploy.fold import fold_model
+    from xnorpipe.deploy.onnx_export import export as export_onnx
+    from xnorpipe.deploy.onnx_export import resolve_forms
+    from xnorpipe.sources import load_source_model
+
+    if data is not None and not random_init:
+        if click.get_current_context().get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
+            click.echo("note: --data only calibrates --random-init models: not used")
+        data = None
+    model, metadata = load_source_model(arch, checkpoint, random_init, data=data)
+    deploy = fold_model(model, arch=arch, metadata=metadata, allow_nonfinite=allow_nonfinite)
     forms, note = resolve_forms(deploy, form)
     if note:
         click.echo(f"note: {note}")
-    files = export_onnx(deploy, forms, out, opset=opset)
-    source = "random init" if random_init else metadata["xnorpipe.checkpoint"]
+    files = export_onnx(deploy, forms, out, opset=opset, note=lambda text: click.echo(f"note: {text}"))
+    if random_init:
+        source = f"random init (seed {metadata['xnorpipe.random_seed']}, BatchNorm calibrated on "
+        calibration = metadata["xnorpipe.random_calibration"]
+        source += (f"the first training images of {data})" if calibration.startswith("data:")
+                   else "synthetic images)")
+    else:
+        source = metadata["xnorpipe.checkpoint"]
     click.echo(f"{arch} from {source}, opset {opset}")
+    if "xnorpipe.nonfinite" in deploy.metadata:
+        click.echo(f"warning: exported non-finite values (--allow-nonfinite): {deploy.metadata['xnorpipe.nonfinite']}; "
+                   "the forms may disagree on them")
     header = ("form", "file", "size", "XnorConv2d nodes", "bit ops", "float weights", "packed weights")
     rows = [(f.form, str(f.path), _kib(f.size_bytes), str(f.custom_nodes), str(f.bit_nodes),
              _kib(f.float_weight_bytes), _kib(f.packed_weight_bytes)) for f in files]

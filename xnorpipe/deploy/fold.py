@@ -1,4 +1,4 @@
-"""Fold a trained NIN-family model (eval mode) into the deploy IR (shared/docs/XNORCONV2D.md).
+"""Fold a trained NIN-family model (eval mode) into the deploy IR (docs/XNORCONV2D.md).
 
 Binary blocks `relu(conv(sign(bn(x)), alpha * sign(w)) + b)` become `BinaryConv` layers:
 a per-input-channel threshold, packed sign bits, per-filter scale alpha and bias b.
@@ -8,13 +8,14 @@ bn(x) in float32 and a bit decided there can differ from `x >= tau` for inputs w
 ulps of tau. bn(x) in float32 is monotone in x (each rounding step is), so the exact decision
 boundary is a single float32 that we find by bisection over the float32 line, evaluating the
 model's own BatchNorm. `x >= threshold` then reproduces sign(bn(x)) for every finite x.
+
+Folding is pure: it reads a model (xnorpipe.sources loads checkpoints and random inits) and
+refuses non-finite weights or BatchNorm statistics, on which the forms may disagree.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -162,11 +163,12 @@ def _fold_binary(block: BinaryBlock) -> ir.BinaryConv:
                          dilations=_pair(conv.dilation), group=group, relu=True)
 
 
-def _fold_layer(module: nn.Module) -> list[ir.Layer]:
+def _fold_layer(module: nn.Module, path: str, problems: list[str]) -> list[ir.Layer]:
+    """The IR layers of `module` (at module path `path`); folded non-finite values go to `problems`."""
     if isinstance(module, BinaryBlock):
-        return [_fold_binary(module)]
+        return [_checked(_fold_binary(module), path, problems)]
     if isinstance(module, FloatBlock):
-        return [_fold_float(module)]
+        return [_checked(_fold_float(module), path, problems)]
     if isinstance(module, ChannelShuffle):
         return [ir.ChannelShuffle(groups=module.groups)]
     if isinstance(module, nn.MaxPool2d):
@@ -182,10 +184,42 @@ def _fold_layer(module: nn.Module) -> list[ir.Layer]:
                            strides=_pair(module.stride or module.kernel_size),
                            pads=_pads(module.padding))]
     if isinstance(module, nn.Sequential):
-        return [layer for child in module for layer in _fold_layer(child)]
+        return [layer for name, child in module.named_children()
+                for layer in _fold_layer(child, f"{path}.{name}", problems)]
     if isinstance(module, (nn.Identity, BinaryActivation)):
         return []
     raise XnorpipeError(f"cannot fold layer {type(module).__name__}")
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names (module path . tensor) of the float parameters and buffers holding NaN or inf."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _describe_nonfinite(model: nn.Module, name: str) -> str:
+    t = dict([*model.named_parameters(), *model.named_buffers()])[name].detach()
+    layer, _, tensor = name.rpartition(".")
+    kind = type(model.get_submodule(layer)).__name__ if layer else type(model).__name__
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    return f"layer {layer or '<model>'} ({kind}), tensor {tensor}: {nan} NaN and {inf} inf of {t.numel()} values"
+
+
+# What a folded layer may hold: thresholds may be +-inf (saturated or gamma == 0 channels),
+# nothing may be NaN, and weights, scales and biases are finite.
+_FINITE_FIELDS = {ir.FloatConv: ("weight", "bias"), ir.BinaryConv: ("scale", "bias")}
+
+
+def _checked(layer: ir.FloatConv | ir.BinaryConv, path: str, problems: list[str]) -> ir.FloatConv | ir.BinaryConv:
+    """Finite source tensors can still fold to non-finite ones (a negative running_var, an
+    overflowing gamma / sqrt(var + eps)); `fold_model` reports them like non-finite sources."""
+    bad = [f for f in _FINITE_FIELDS[type(layer)] if not np.isfinite(getattr(layer, f)).all()]
+    if isinstance(layer, ir.BinaryConv) and np.isnan(layer.threshold).any():
+        bad.append("threshold")
+    if bad:
+        problems.append(f"layer {path}: folded {', '.join(bad)} not finite (running_var < 0, "
+                        "or gamma / sqrt(running_var + eps) overflows float32?)")
+    return layer
 
 
 def default_classes() -> tuple[str, ...]:
@@ -198,45 +232,32 @@ def default_classes() -> tuple[str, ...]:
 
 
 def fold_model(model: nn.Module, *, arch: str, classes: Iterable[str] | None = None,
-               metadata: Mapping[str, str] | None = None) -> ir.DeployModel:
-    """Fold a NIN-family model (eval-mode semantics: BN running statistics) into the IR."""
+               metadata: Mapping[str, str] | None = None, allow_nonfinite: bool = False) -> ir.DeployModel:
+    """Fold a NIN-family model (eval-mode semantics: BN running statistics) into the IR.
+
+    NaN or inf in a weight or a BatchNorm statistic (or a fold that overflows) is refused with
+    one line naming the layer and the tensor: they are outside the contract's arithmetic (ONNX
+    leaves Max/Relu of NaN open, a NaN weight has no sign bit), so forms and runtimes may
+    disagree on them. `allow_nonfinite` folds them anyway and lists them in the
+    `xnorpipe.nonfinite` metadata.
+    """
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
         raise XnorpipeError(f"{type(model).__name__}: expected a NIN-family model with .features")
-    layers = _fold_layer(features)
+    sources = nonfinite_tensors(model)
+    if sources and not allow_nonfinite:
+        more = f" (and {len(sources) - 1} more tensors)" if len(sources) > 1 else ""
+        raise XnorpipeError(f"non-finite values in {_describe_nonfinite(model, sources[0])}{more}: the "
+                            "exported forms may disagree on them; fix the model, or pass --allow-nonfinite")
+    problems: list[str] = []
+    layers = _fold_layer(features, "features", problems)
+    if problems and not allow_nonfinite:
+        more = f" (and {len(problems) - 1} more layers)" if len(problems) > 1 else ""
+        raise XnorpipeError(f"{problems[0]}{more}; pass --allow-nonfinite to export anyway")
     layers.append(ir.Flatten())
+    metadata = dict(metadata or {})
+    if sources or problems:  # folded non-finite values from non-finite sources are no news
+        metadata["xnorpipe.nonfinite"] = "; ".join(sources or problems)
     return ir.DeployModel(arch=arch, layers=layers,
                           classes=tuple(classes) if classes is not None else default_classes(),
-                          metadata=dict(metadata or {}))
-
-
-RANDOM_INIT_SEED = 0
-
-
-def load_source_model(arch: str, checkpoint: str | os.PathLike | None = None,
-                      random_init: bool = False) -> tuple[nn.Module, dict[str, str]]:
-    """The trained model to deploy (eval mode) and the provenance metadata for its exports.
-
-    `random_init` builds `arch` under a fixed seed, so a random-init export can be rebuilt
-    (e.g. by `xnorpipe bench` for parity) from its metadata alone.
-    """
-    from xnorpipe.checkpoint import default_checkpoint, load_checkpoint
-    from xnorpipe.models import build_model
-    from xnorpipe.utils import sha256_file
-
-    if random_init:
-        if checkpoint is not None:
-            raise XnorpipeError("--random-init and --checkpoint exclude each other")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model = build_model(arch).eval()
-        return model, {"xnorpipe.random_init": "true", "xnorpipe.random_seed": str(RANDOM_INIT_SEED),
-                       "xnorpipe.checkpoint_sha256": "none"}
-    path = Path(checkpoint) if checkpoint is not None else default_checkpoint(arch)
-    if not path.is_file():
-        raise XnorpipeError(f"checkpoint not found: {path} (train one with `xnorpipe train --arch {arch}`, "
-                            "pass --checkpoint, or use --random-init)")
-    ckpt = load_checkpoint(path, arch)
-    return ckpt.build_model(), {"xnorpipe.random_init": "false",
-                                "xnorpipe.checkpoint": path.name,
-                                "xnorpipe.checkpoint_sha256": sha256_file(path)}
+                          metadata=metadata)

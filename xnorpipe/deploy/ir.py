@@ -8,7 +8,6 @@ and every runtime. Arrays are NumPy, float32 unless noted; pads are ONNX-style
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -90,7 +89,7 @@ class Flatten:
     """view(B, -1)."""
 
 
-Layer = Union[FloatConv, BinaryConv, MaxPool, AvgPool, ChannelShuffle, Flatten]
+Layer = FloatConv | BinaryConv | MaxPool | AvgPool | ChannelShuffle | Flatten
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""ONNX emitters of the deploy IR: the portable form (standard ops), the packed form and the
-packed-bits form.
+"""ONNX emitters of the deploy IR: the portable form (standard ops), the packed and packed-bits
+forms, and those two with their functions inlined. The forms are listed in deploy/forms.py;
+their contract is docs/XNORCONV2D.md.
 
-packed: `xnorpipe::XnorConv2d` v1 nodes (shared/docs/XNORCONV2D.md) with int32 bit-word
-weights, plus ONE model-local FunctionProto `xnorpipe::XnorConv2d` whose body computes the op
-from standard ops. The body is attribute-generic: its nodes take kernel_shape, strides, pads,
-dilations and group by `ref_attr_name`, and `group`/`relu` also reach it as tensors through
+packed: `xnorpipe::XnorConv2d` v1 nodes with int32 bit-word weights, plus ONE model-local
+FunctionProto `xnorpipe::XnorConv2d` whose body computes the op from standard ops. The body is
+attribute-generic: its nodes take kernel_shape, strides, pads, dilations and group by
+`ref_attr_name`, and `group`/`relu` also reach it as tensors through
 `Constant(value_int=@attr)`; ONNX Runtime 1.32 inlines it per call site. One function name
 keeps `op_type == "XnorConv2d"`, which is what TensorRT's parser maps to the plugin (no
 overloads needed). The body unpacks bits with BitwiseAnd, so the packed form needs opset >= 18.
@@ -16,16 +17,26 @@ float conv (group 1) that feeds a binary layer reading bits writes its bits itse
 `ConvBinarize` (Conv, ReLU and the next layer's binarization in one node), and an
 AveragePool that feeds one through `AvgPoolBinarize`. The bit ops' bodies call `XnorConv2d`
 and `Binarize` (nested model-local functions), so a model carries the functions its nodes use
-and the ones those call.
+and the ones those call. Bodies pack bits with BitwiseOr, never an integer sum (OpenVINO sums
+int32 in float32).
+
+packed-inline, packed-bits-inline: the same models after `onnx.inliner`: standard ops only,
+no function, for runtimes that expand no model-local function; weights stay bit-packed.
+
+Files carry the lowest IR version their form and opset need (IR 8 for portable at opset 18,
+IR 9 for function attribute defaults), and the opset is bounded by what the installed onnx and
+ONNX Runtime support.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -33,17 +44,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from xnorpipe import __version__
 from xnorpipe.deploy import ir
+from xnorpipe.deploy.forms import DEFAULT_OPSET, FORM_SETS, FORMS, FORMS_BY_NAME, MIN_OPSET
 from xnorpipe.deploy.packing import WORD_BITS, num_words, unpack_weights
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.utils import atomic_path
+from xnorpipe.utils import atomic_path, remove_stale_temps, write_error
 
 DOMAIN = "xnorpipe"
 OP_NAME = "XnorConv2d"
 OP_VERSION = 1
-DEFAULT_OPSET = 18
-MIN_OPSET = {"portable": 17, "packed": 18, "packed-bits": 18}
-IR_VERSION = 10  # ONNX 1.16+, read by ONNX Runtime >= 1.17; needed for function attribute defaults
-FORMS = ("portable", "packed", "packed-bits")
+CONTRACT = "docs/XNORCONV2D.md"
+INPUT_CONVENTION = "RGB uint8 / 255, then (x - mean) / std, NCHW float32"
 BINARIZE, CONV_BITS, CONV_BITS_BINARIZE, BIT_MAX_POOL = ("Binarize", "XnorConv2dBits",
                                                          "XnorConv2dBitsBinarize", "BitMaxPool")
 CONV_BINARIZE = "ConvBinarize"  # float conv (+ ReLU) + the next layer's Binarize, fused
@@ -160,7 +170,7 @@ def xnor_conv_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
                           helper.make_attribute("dilations", [1, 1]),
                           helper.make_attribute("group", 1),
                           helper.make_attribute("relu", 0)],
-        doc_string="xnorpipe::XnorConv2d v1 from standard ops (shared/docs/XNORCONV2D.md)")
+        doc_string=f"xnorpipe::XnorConv2d v1 from standard ops ({CONTRACT})")
 
 
 class _Body:
@@ -197,15 +207,22 @@ def _word_masks() -> np.ndarray:
 
 def _pack(b: _Body, bits: str, lead: str, tail: str, out: str) -> str:
     """int32 0/1 [N, 32*words, H, W] -> int32 words [N, words, H, W]; `lead` is [N, words] and
-    `tail` [H, W] (int64). The bits are distinct powers of two: their sum is their OR and
-    cannot overflow int32."""
+    `tail` [H, W] (int64). Each bit plane k is weighted by 1 << k (exact in any arithmetic: a
+    power of two times 0 or 1), then the 32 planes are ORed in a tree of 5 BitwiseOr levels.
+    Not a ReduceSum: OpenVINO sums int32 in float32 and loses low bits of wide words."""
     b.const("pk_masks", _word_masks())
     b.const("pk_32", np.array([WORD_BITS], np.int64))
     b.const("pk_axis", np.array([2], np.int64))
     b.add("Concat", [lead, "pk_32", tail], "pk_shape", axis=0)
     b.add("Reshape", [bits, "pk_shape"], "pk_bits5")
-    b.add("Mul", ["pk_bits5", "pk_masks"], "pk_weighted")
-    return b.add("ReduceSum", ["pk_weighted", "pk_axis"], out, keepdims=0)
+    planes = b.add("Mul", ["pk_bits5", "pk_masks"], "pk_weighted")  # [N, words, 32, H, W]
+    width = WORD_BITS
+    while width > 1:  # OR the lower half of the planes with the upper half
+        width //= 2
+        low, high = f"pk_low{width}", f"pk_high{width}"
+        b.nodes.append(helper.make_node("Split", [planes], [low, high], axis=2, num_outputs=2))
+        planes = b.add("BitwiseOr", [low, high], f"pk_or{width}")
+    return b.add("Squeeze", [planes, "pk_axis"], out)
 
 
 def _unpack(b: _Body, xp: str) -> str:
@@ -241,7 +258,7 @@ def _function(name: str, inputs, outputs, b: _Body, opset: int, attributes, defa
         DOMAIN, name, inputs, outputs, b.nodes,
         [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, OP_VERSION)],
         attributes=attributes, attribute_protos=defaults,
-        doc_string=f"xnorpipe::{name} v1 from standard ops (shared/docs/XNORCONV2D.md): {doc}")
+        doc_string=f"xnorpipe::{name} v1 from standard ops ({CONTRACT}): {doc}")
 
 
 def binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
@@ -588,6 +605,7 @@ def metadata_props(model: ir.DeployModel, form: str) -> dict[str, str]:
     props = {
         "xnorpipe.arch": model.arch,
         "xnorpipe.form": form,
+        "xnorpipe.input": INPUT_CONVENTION,
         "xnorpipe.mean": json.dumps([float(v) for v in model.mean]),
         "xnorpipe.std": json.dumps([float(v) for v in model.std]),
         "xnorpipe.layout": "NCHW",
@@ -599,14 +617,95 @@ def metadata_props(model: ir.DeployModel, form: str) -> dict[str, str]:
     return props
 
 
-def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The IR as an ONNX model of the given form ("portable", "packed" or "packed-bits")."""
-    if form not in FORMS:
+# ------------------------------------------------------------------------------ versions
+
+
+def ir_version_for(form: str, opset: int) -> int:
+    """The lowest IR version a `form` file at ai.onnx `opset` needs: the opset's own (onnx's
+    version table) or the form's structure's (IR 9 for function attribute defaults), the higher.
+    ONNX Runtime <= 1.16 refuses IR 10, which nothing here needs at opsets <= 20."""
+    by_opset = helper.find_min_ir_version_for([helper.make_opsetid("", opset)], ignore_unknown=True)
+    return max(by_opset, FORMS_BY_NAME[form].min_ir)
+
+
+def _ort_loads_opset(ort, opset: int) -> bool:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "opset_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                          ir_version=ir_version_for("portable", opset))
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception:  # ORT raises its own types; beyond its opsets: "Opset N is under development"
+        return False
+    return True
+
+
+@functools.cache
+def supported_opsets() -> tuple[int, int | None]:
+    """(highest ai.onnx opset the installed onnx knows, highest the installed ONNX Runtime
+    loads, None without onnxruntime). ONNX Runtime has no API for the latter and a table keyed
+    by its version goes stale with each release, so it is probed: ORT refuses a model stamped
+    with an opset beyond its own (bisected over one-node models, usually one session; the
+    probe never goes past onnx's bound, which it would have no version table for)."""
+    onnx_max = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return onnx_max, None
+    low, high = min(MIN_OPSET.values()), onnx_max
+    if not _ort_loads_opset(ort, low):
+        return onnx_max, low - 1
+    while low < high:  # _ort_loads_opset(low) holds
+        mid = (low + high + 1) // 2
+        if _ort_loads_opset(ort, mid):
+            low = mid
+        else:
+            high = mid - 1
+    return onnx_max, low
+
+
+def opset_range(form: str) -> tuple[int, int]:
+    """The ai.onnx opsets a `form` file can be written at here: the form's minimum up to what
+    both onnx (to build and check it) and ONNX Runtime (to run it) support."""
+    onnx_max, ort_max = supported_opsets()
+    return MIN_OPSET[form], min(onnx_max, ort_max) if ort_max is not None else onnx_max
+
+
+def check_opset(form: str, opset: int) -> None:
+    low, high = opset_range(form)
+    if opset < low:
+        raise XnorpipeError(f"the {form} form needs opset >= {low}, got {opset}")
+    if opset > high:
+        onnx_max, ort_max = supported_opsets()
+        import importlib.metadata
+
+        ort = (f"onnxruntime {importlib.metadata.version('onnxruntime')} loads up to {ort_max}"
+               if ort_max is not None else "onnxruntime is not installed")
+        raise XnorpipeError(f"opset {opset} is beyond what this installation supports (onnx {onnx.__version__} "
+                            f"knows opsets up to {onnx_max}, {ort}): choose --opset {low} to {high}")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _form(form: str):
+    if form not in FORMS_BY_NAME:
         raise XnorpipeError(f"unknown ONNX form {form!r}; choose from {', '.join(FORMS)}")
-    if opset < MIN_OPSET[form]:
-        raise XnorpipeError(f"the {form} form needs opset >= {MIN_OPSET[form]}, got {opset}")
-    if form != "portable" and not has_binary_layers(model):
+    return FORMS_BY_NAME[form]
+
+
+def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The IR as an ONNX model of `form` (deploy/forms.py) at ai.onnx `opset`."""
+    spec = _form(form)
+    check_opset(form, opset)
+    if spec.binary_only and not has_binary_layers(model):
         raise XnorpipeError(f"{model.arch} has no binary layers: only the portable form exists")
+    if spec.inlines is not None:
+        return inline_functions(build_onnx(model, spec.inlines, opset), form)
     g = _GraphBuilder()
     g.name(INPUT_NAME)
     last = _emit_layers(model, form, g)
@@ -627,10 +726,42 @@ def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> 
     functions = functions_for({n.op_type for n in g.nodes if n.domain == DOMAIN}, opset)
     if functions:
         opsets.append(helper.make_opsetid(DOMAIN, OP_VERSION))
-    m = helper.make_model(graph, opset_imports=opsets, functions=functions, ir_version=IR_VERSION,
+    m = helper.make_model(graph, opset_imports=opsets, functions=functions, ir_version=ir_version_for(form, opset),
                           producer_name="xnorpipe", producer_version=__version__)
     helper.set_model_props(m, metadata_props(model, form))
     return m
+
+
+def _spell_out_defaults(m: onnx.ModelProto) -> None:
+    """Give every call of a model-local function the attributes it leaves to their defaults:
+    onnx.inliner (1.23) drops a `ref_attr_name` the call does not set instead of taking the
+    function's default, which leaves e.g. `Constant(value_int=@relu)` without a value."""
+    defaults = {(f.domain, f.name): f.attribute_proto for f in m.functions}
+    for node in [*m.graph.node, *(n for f in m.functions for n in f.node)]:
+        given = {a.name for a in node.attribute}
+        node.attribute.extend(a for a in defaults.get((node.domain, node.op_type), ()) if a.name not in given)
+
+
+def inline_functions(m: onnx.ModelProto, form: str) -> onnx.ModelProto:
+    """`m` with every model-local function inlined (onnx.inliner): standard ops only, the same
+    initializers (bit-packed weights stay packed), metadata saying `form`."""
+    import onnx.inliner
+
+    src = onnx.ModelProto()
+    src.CopyFrom(m)
+    _spell_out_defaults(src)
+    out = onnx.inliner.inline_local_functions(src, convert_version=False)
+    left = sorted({f"{n.domain}::{n.op_type}" for n in out.graph.node if n.domain not in ("", "ai.onnx")})
+    if left or len(out.functions):
+        raise XnorpipeError(f"internal error: inlining left {', '.join(left) or 'functions'} in the {form} form")
+    kept = [o for o in out.opset_import if o.domain in ("", "ai.onnx")]
+    del out.opset_import[:]
+    out.opset_import.extend(kept)
+    opset = next(o.version for o in kept)
+    out.ir_version = ir_version_for(form, opset)
+    out.graph.name = f"{model_metadata(m).get('xnorpipe.arch', 'model')}_{form}"
+    helper.set_model_props(out, {**model_metadata(m), "xnorpipe.form": form})
+    return out
 
 
 def check_onnx(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -647,7 +778,8 @@ def _one_node_model(node: onnx.NodeProto, x_type: int, x_shape, y_type: int, y_s
                               [helper.make_tensor_value_info("Y", y_type, [BATCH_DIM, *y_shape])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                    helper.make_opsetid(DOMAIN, OP_VERSION)],
-                             functions=functions_for([node.op_type], opset), ir_version=IR_VERSION)
+                             functions=functions_for([node.op_type], opset),
+                             ir_version=ir_version_for("packed", opset))
 
 
 def _conv_output(layer: ir.BinaryConv, input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -760,19 +892,16 @@ def _summarise(form: str, path: Path, m: onnx.ModelProto) -> ExportedFile:
                         count_bit_nodes(m))
 
 
-# --form values beyond the forms themselves; "both" (portable and packed) predates packed-bits
-FORM_SETS = {"all": FORMS, "both": ("portable", "packed")}
-
-
 def resolve_forms(model: ir.DeployModel, form: str) -> tuple[list[str], str | None]:
-    """A form, `all` or `both` -> forms to write and a note (float arch asked for several)."""
+    """A form or a set of forms (`all`, `both`) -> forms to write and a note (a float arch
+    asked for several)."""
     if form in FORM_SETS:
         if has_binary_layers(model):
             return list(FORM_SETS[form]), None
         return ["portable"], f"{model.arch} is a float arch: only the portable form is written"
     if form not in FORMS:
-        raise XnorpipeError(f"unknown ONNX form {form!r}; choose {', '.join(FORMS)} or all")
-    if form != "portable" and not has_binary_layers(model):
+        raise XnorpipeError(f"unknown ONNX form {form!r}; choose {', '.join(FORMS)}, {' or '.join(FORM_SETS)}")
+    if FORMS_BY_NAME[form].binary_only and not has_binary_layers(model):
         raise XnorpipeError(f"{model.arch} is a float arch (no binary layers): "
                             f"the {form} form does not exist, use --form portable")
     return [form], None
@@ -782,33 +911,142 @@ def export_path(out_dir: str | os.PathLike, arch: str, form: str) -> Path:
     return Path(out_dir) / f"{arch}.{form}.onnx"
 
 
-def export(model: ir.DeployModel, forms: Iterable[str], out_dir: str | os.PathLike,
-           opset: int = DEFAULT_OPSET) -> list[ExportedFile]:
-    """Build, check and atomically write `<arch>.<form>.onnx` for each form."""
-    forms = list(forms)
-    built = []
-    for form in forms:  # build and check everything before writing anything
-        m = build_onnx(model, form, opset)
+# Metadata that names the model a file was exported from: files of one arch in one folder must
+# agree on it (`export`). A checkpoint's hash, or a random init's seed and calibration.
+SOURCE_KEYS = ("xnorpipe.arch", "xnorpipe.checkpoint_sha256", "xnorpipe.random_init", "xnorpipe.random_seed",
+               "xnorpipe.random_calibration")
+
+
+def source_of(meta: dict[str, str]) -> tuple[str | None, ...]:
+    return tuple(meta.get(k) for k in SOURCE_KEYS)
+
+
+def _source_of_file(path: Path) -> tuple[str | None, ...] | None:
+    """The source an existing export names; None if it cannot be read."""
+    try:
+        return source_of(model_metadata(onnx.load(str(path), load_external_data=False)))
+    except Exception:  # truncated or foreign: not a file of any source
+        return None
+
+
+def _build_checked(model: ir.DeployModel, form: str, opset: int) -> onnx.ModelProto:
+    m = build_onnx(model, form, opset)
+    try:
+        check_onnx(m)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise XnorpipeError(f"internal error: the {form} ONNX model fails the checker: {first}") from None
+    return m
+
+
+@contextlib.contextmanager
+def _arch_lock(out_dir: Path, arch: str):
+    """Exclusive flock on `<out>/.<arch>.export.lock` for one export of `arch`: concurrent
+    exports wait, and the kernel drops the lock of a killed one. Removed when done (the inode
+    check retries if the holder before us removed the file we opened). Where flock is missing
+    (not POSIX, some NFS) exports of one arch must not run concurrently."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    path = out_dir / f".{arch}.export.lock"
+    fd = None
+    while fcntl is not None:
         try:
-            check_onnx(m)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise XnorpipeError(f"internal error: the {form} ONNX model fails the checker: {first}") from None
-        built.append((form, m))
-    out = []
-    for form, m in built:
-        path = export_path(out_dir, model.arch, form)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(m.SerializeToString())
-        out.append(_summarise(form, path, m))
-    return out
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(e, path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no flock on this file system
+            os.close(fd)
+            fd = None
+            break
+        except BaseException:
+            os.close(fd)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system can fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def export(model: ir.DeployModel, forms: Iterable[str], out_dir: str | os.PathLike,
+           opset: int = DEFAULT_OPSET, note: Callable[[str], None] | None = None) -> list[ExportedFile]:
+    """Build, check and write `<arch>.<form>.onnx` for each form: all of them or none.
+
+    The arch's files in `out_dir` always come from one source (checkpoint or random init, see
+    SOURCE_KEYS), also after a SIGKILL at any point:
+      1. every form is built and checked in memory, then written to a temp file beside its
+         target (`atomic_path`: fsynced; a failure removes the temps, the old files stay);
+      2. the arch's files from another source are removed (`note` tells of those this export
+         does not replace), so no new file ever lands beside an old one of another source;
+      3. the temps are renamed onto their targets, each atomically.
+    A kill in step 2 leaves part of the old set, in step 3 part of the new one (the renames take
+    milliseconds): never a mix, and the next export completes the set. The next export of the
+    arch also removes a killed run's temps (`remove_stale_temps`); an flock keeps concurrent
+    exports of one arch apart, so their steps 2 and 3 cannot interleave.
+    """
+    forms = list(dict.fromkeys(forms))
+    built = [(form, _build_checked(model, form, opset)) for form in forms]
+    source = source_of(metadata_props(model, "portable"))
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, out_dir) from None
+    written = []
+    with _arch_lock(out_dir, model.arch):
+        for form in FORMS:  # killed writers' temps, also of forms this export does not write
+            remove_stale_temps(export_path(out_dir, model.arch, form))
+        with contextlib.ExitStack() as renames:  # on leaving: every temp renamed onto its target
+            for form, m in built:
+                path = export_path(out_dir, model.arch, form)
+                renames.enter_context(atomic_path(path)).write_bytes(m.SerializeToString())  # fsynced
+                written.append((form, path, m))
+            for form in FORMS:
+                path = export_path(out_dir, model.arch, form)
+                if path.is_file() and _source_of_file(path) != source:
+                    path.unlink()
+                    if form not in forms and note is not None:
+                        note(f"removed {path}: exported from another checkpoint or random init")
+        _sync_dir(out_dir)
+    return [_summarise(form, path, m) for form, path, m in written]
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file with one-line errors (missing, not ONNX, truncated)."""
+def missing_functions(m: onnx.ModelProto) -> list[str]:
+    """xnorpipe op types that a node (of the graph or of a function) calls but no model-local
+    function defines: only a runtime with the custom-op library can run those."""
+    defined = {(f.domain, f.name) for f in m.functions}
+    nodes = [*m.graph.node, *(n for f in m.functions for n in f.node)]
+    return sorted({n.op_type for n in nodes if n.domain == DOMAIN and (n.domain, n.op_type) not in defined})
+
+
+def load_onnx(path: str | os.PathLike, *, custom_op_library: bool = False) -> onnx.ModelProto:
+    """Read an ONNX file with one-line errors (missing, not ONNX, truncated, functions lost).
+
+    `custom_op_library`: the caller runs xnorpipe ops on the custom-op library (or the
+    TensorRT plugin), so a model whose function bodies are missing is still runnable.
+    """
     path = Path(path)
     if not path.is_file():
         raise XnorpipeError(f"ONNX file not found: {path}")
@@ -824,6 +1062,13 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
         raise XnorpipeError(f"{path}: invalid ONNX model (truncated?): {first}") from None
+    missing = missing_functions(m)
+    if missing and not custom_op_library:
+        ops = ", ".join(f"{DOMAIN}::{op}" for op in missing)
+        raise XnorpipeError(f"{path}: the model-local functions of {ops} are missing (onnx.version_converter "
+                            "and some other tools drop them; the checker does not notice), so only the "
+                            "xnorpipe custom-op library can run it: re-export with `xnorpipe export --opset N` "
+                            "instead of converting, or use a packed-inline form")
     return m
 
 
