@@ -1,4 +1,4 @@
-"""Reference of the `xnorpipe::XnorConv2d` v1 contract (shared/docs/XNORCONV2D.md) in PyTorch,
+"""Reference of the `xnorpipe::XnorConv2d` v1 contract (docs/XNORCONV2D.md) in PyTorch,
 and of the `packed-bits` form's bit-activation ops in NumPy.
 
 Slow and obviously right: every runtime (ONNX function, C++ and CUDA kernels) is tested

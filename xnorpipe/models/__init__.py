@@ -17,7 +17,7 @@ class ArchSpec:
     cfg: tuple[int, ...]
     groups: tuple[int, ...]
     binary: bool
-    # The seed's recipe for this arch (shared/docs/SEED.md).
+    # The seed's recipe for this arch (docs/SEED.md).
     epochs: int
     lr: float
 
