@@ -1,8 +1,11 @@
 """Ahead-of-time builds of the Triton kernels (xnorpipe.gpu.triton_aot) for sm_80, 86, 89, 90:
 PTX and cubin for nin_xnornet's binary layers in both ONNX forms (packed: XnorConv2d; packed-
-bits: XnorConv2dBits and XnorConv2dBitsBinarize), a grouped layer of nin_gc_xnornet, BitMaxPool
-and Binarize; what a TensorRT AOT launch relies on. No GPU: Triton compiles for a named target.
-The first run compiles about 30 kernels (a minute or two on 2 cores); Triton caches them on disk.
+bits: XnorConv2dBits and XnorConv2dBitsBinarize) with the tile table's algorithm (int8 tensor-
+core dots for all of them) and two of them with popcount, a grouped layer of nin_gc_xnornet
+(popcount), BitMaxPool and Binarize; what a TensorRT AOT launch relies on. No GPU: Triton
+compiles for a named target. Layers that share a tile configuration share a compiled kernel
+(scalars are runtime arguments): the first run compiles about 15 distinct kernels per target
+(a few minutes on 2 cores); Triton caches them on disk.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ def representative(capability: int) -> list[ta.AotKernel]:
         out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(c, hw, hw), **attrs))
         out.append(ta.compile_op(bits_op, capability=capability, input_shape=(-(-c // 32), hw, hw), channels=c,
                                  **attrs))
-    # nin_gc_xnornet's layer 3: 16 groups of 16 channels (the grouped code path)
+    # popcount for the same layers: a 3x3 bit layer and a 1x1 float one
+    popcount = {"algo": "popcount"}
+    out.append(ta.compile_op("XnorConv2dBitsBinarize", capability=capability, input_shape=(3, 16, 16), channels=96,
+                             num_filters=192, kernel_shape=(3, 3), pads=(1, 1, 1, 1), relu=1, config=popcount))
+    out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(192, 32, 32), num_filters=160,
+                             kernel_shape=(1, 1), relu=1, config=popcount))
+    # nin_gc_xnornet's layer 3: 16 groups of 16 channels (the grouped code path; popcount by the table)
     out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(256, 16, 16), num_filters=512,
                              kernel_shape=(3, 3), pads=(1, 1, 1, 1), group=16, relu=1))
+    # and its layer 4: 4 groups of 128 channels and 128 filters (grouped, dot by the table)
+    out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(512, 8, 8), num_filters=512,
+                             kernel_shape=(1, 1), group=4, relu=1))
     out.append(ta.compile_op("BitMaxPool", capability=capability, input_shape=(3, 32, 32), kernel_shape=(3, 3),
                              strides=(2, 2), pads=(1, 1, 1, 1)))
     out.append(ta.compile_op("Binarize", capability=capability, input_shape=(192, 32, 32)))
@@ -70,29 +82,62 @@ def test_ptx_and_cubin_of_every_op(built, capability):
         assert k.name == tk.KERNEL_NAMES[k.op]
 
 
+def test_the_table_builds_both_algorithms(built):
+    """nin_xnornet's layers and nin_gc_xnornet's 4-group layer run on tensor cores by the table,
+    its 16-group layer (32 filters per group) and the two explicit builds on popcount; each
+    AotKernel records its algorithm as its config does."""
+    for kernels in built.values():
+        conv = [k for k in kernels if k.op in tk.CONV_OPS]
+        assert all(k.algo == k.config["algo"] for k in conv)
+        assert sum(k.algo == "dot" for k in conv) == 2 * len(NIN_LAYERS) + 1
+        assert sum(k.algo == "popcount" for k in conv) == 3
+        assert all(k.algo is None and "algo" not in k.config for k in kernels if k.op not in tk.CONV_OPS)
+
+
+# int8 MMAs with int32 accumulators: mma.sync (sm_80/86/89: m16n8k32, s8 x s8 -> s32) and
+# wgmma (sm_90a: m64 x N x k32, s32 += s8 x s8).
+MMA_SYNC_S8 = re.compile(r"\bmma\.sync\.aligned\.m16n8k32\.row\.col(\.satfinite)?\.s32\.s8\.s8\.s32\b")
+WGMMA_S8 = re.compile(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k32\.s32\.s8\.s8\b")
+
+
 @pytest.mark.parametrize("capability", ta.TARGETS)
-def test_conv_kernels_use_popc_and_round_twice(built, capability):
-    """XOR-popcount in hardware; the output transform as mul.rn then add.rn (no FMA: the
-    contract's two roundings, also through a driver's PTX JIT); relu as a select that keeps
-    NaN and -0.0 (no max.f32)."""
+def test_conv_kernels_use_their_algorithm_and_round_twice(built, capability):
+    """popcount: popc.b32 in hardware; dot: int8 tensor-core MMAs (mma.sync on sm_8x, wgmma on
+    sm_90a; what Triton 3.9 emits) and no popc. Both: the output transform as mul.rn then
+    add.rn (no FMA: the contract's two roundings, also through a driver's PTX JIT); relu as a
+    select that keeps NaN and -0.0 (no max.f32)."""
     for k in built[capability]:
         if k.op not in tk.CONV_OPS:
-            assert "popc" not in k.ptx
+            assert "popc" not in k.ptx and "mma" not in k.ptx
             continue
-        assert re.search(r"\bpopc\.b32\b", k.ptx), (k.op, capability)
+        if k.algo == "popcount":
+            assert re.search(r"\bpopc\.b32\b", k.ptx) and "mma" not in k.ptx, (k.op, capability)
+        else:
+            assert "popc" not in k.ptx, (k.op, capability)
+            if capability >= 90:
+                assert WGMMA_S8.search(k.ptx) and not MMA_SYNC_S8.search(k.ptx), k.op
+            else:
+                assert MMA_SYNC_S8.search(k.ptx) and "wgmma" not in k.ptx, k.op
+            assert not re.search(r"\b(mma|wgmma)\S*\.(f16|bf16|f32\.f32|tf32)\b", k.ptx), k.op  # int8 only
         assert re.search(r"\bmul\.rn\.f32\b", k.ptx) and re.search(r"\badd\.rn\.f32\b", k.ptx), k.op
         assert not re.search(r"\bfma\.\w+\.f32\b", k.ptx), k.op
         assert not re.search(r"\b(max|min)(\.\w+)*\.f32\b", k.ptx), k.op
 
 
 @pytest.mark.parametrize("capability", ta.TARGETS)
-def test_machine_code_has_popc_and_no_ffma(built, capability):
+def test_machine_code_runs_the_algorithm_and_no_ffma(built, capability):
+    """In the cubin (SASS): POPC for popcount, IMMA (sm_8x) or IGMMA (sm_90a) with S8 operands
+    for dot; FMUL and FADD, never FFMA."""
     if ta.cuobjdump_path() is None:
         pytest.skip("cuobjdump not found (neither Triton's bundled one nor the CUDA toolkit's)")
     distinct = {k.cubin: k for k in built[capability] if k.op in tk.CONV_OPS}  # layers share tile configs
     for k in distinct.values():
         sass = _sass(k.cubin)
-        assert re.search(r"\bPOPC\b", sass), k.op
+        if k.algo == "popcount":
+            assert re.search(r"\bPOPC\b", sass), k.op
+        else:
+            mma = r"\bIGMMA\.64x\d+x32\.S8\.S8\b" if capability >= 90 else r"\bIMMA\.16832\.S8\.S8\b"
+            assert re.search(mma, sass) and not re.search(r"\bPOPC\b", sass), k.op
         assert not re.search(r"\bFFMA\b", sass), k.op
         assert re.search(r"\bFMUL\b", sass) and re.search(r"\bFADD\b", sass), k.op
 
@@ -140,8 +185,8 @@ def test_launch_scales_only_the_grid_x_extent_with_the_batch(built):
     grid, block, shared, scalars = ta.launch(k, 256)
     assert grid == (256 * gx, gy, gz) and block == (k.num_warps * 32, 1, 1) and shared == k.shared_bytes
     assert scalars == list(k.scalar_args)
-    # one program per 64 pixels x 64 filters: 1024 pixels x 192 filters of layer 5 at 16x16 is 4 x 3
-    assert k.config["BLOCK_P"] * k.config["BLOCK_M"] * gx >= 16 * 16 * 192
+    # one program per 128 pixels x 64 filters (the dot's tile): 256 pixels x 192 filters of layer 5 is 2 x 3
+    assert k.config["BLOCK_P"] * k.config["BLOCK_M"] * gx >= 16 * 16 * 192 and gx == 6
 
     class Expr:  # a stand-in for a TensorRT shape expression: records what launch does with it
         def __init__(self, ops=()):
@@ -166,6 +211,19 @@ def test_compiles_are_cached_and_follow_the_config():
                       pads=(1, 1, 1, 1), config={"BLOCK_P": 64, "num_warps": 2})
     assert b.num_warps == 2 and b.config["BLOCK_P"] == 64 and b.grid_per_image == (4, 3, 1)
     assert a.grid_per_image == (1, 3, 1)
+
+
+def test_pipeline_depth_is_capped_to_fit_an_aot_launch():
+    """The table's num_stages drops until the kernel fits 48 KiB of shared memory (each stage
+    holds a step's 32 BLOCK_K x 128 floats here); a depth the caller chose is kept or refused."""
+    layer = dict(capability=80, input_shape=(192, 16, 16), num_filters=192, kernel_shape=(1, 1))
+    k = ta.compile_op("XnorConv2d", config={"algo": "dot", "BLOCK_K": 4, "BLOCK_M": 32}, **layer)
+    assert tk.kernel_config("XnorConv2d", input_shape=(192, 16, 16), num_filters=192, kernel_shape=(1, 1),
+                            config={"algo": "dot"})["num_stages"] == 2
+    assert k.config["num_stages"] == 1 and k.shared_bytes <= ta.SHARED_LIMIT
+    with pytest.raises(ta.AotError, match=r"bytes of shared memory, more than the 49152") as e:
+        ta.compile_op("XnorConv2d", config={"algo": "dot", "BLOCK_K": 4, "BLOCK_M": 32, "num_stages": 2}, **layer)
+    assert "\n" not in str(e.value)
 
 
 def test_bad_requests_get_one_line_errors():

@@ -1,6 +1,11 @@
 """The Triton kernels (xnorpipe.gpu.triton_kernels) against xnorpipe.deploy.reference, bit for
 bit, in Triton's interpreter on the CPU; their argument checks; the tile table.
 
+The convolutions have two algorithms ("popcount" on CUDA cores, "dot" on int8 tensor cores):
+every random convolution case and every network layer case runs with both (the dot pass adds
+~30 s to this file's ~45 s on one free core; should CI time get tight, `index % 2 == 0` in
+test_random_case_is_bit_exact halves it).
+
 The wrappers run CPU tensors through interpreter copies of the kernels and CUDA tensors through
 compiled ones, whatever TRITON_INTERPRET says and whichever test imported triton first (see
 `triton_kernels.kernels`), so these tests and the AOT tests share one pytest process. The same
@@ -34,18 +39,81 @@ def layers() -> list[kc.Case]:
 
 @pytest.mark.parametrize("index", range(N_RANDOM))
 def test_random_case_is_bit_exact(cases, index):
-    ok, detail = kc.run_case(cases[index], "cpu")
+    """Convolutions with both algorithms, the other ops with their one kernel."""
+    case = cases[index]
+    ok, detail = kc.run_case(case, "cpu", algo="popcount")
     assert ok, detail
+    if case.op in tk.CONV_OPS:
+        ok, detail = kc.run_case(case, "cpu", algo="dot")
+        assert ok, detail
 
 
 N_LAYER_CASES = 22
 
 
+@pytest.mark.parametrize("algo", tk.ALGOS)
 @pytest.mark.parametrize("index", range(N_LAYER_CASES))
-def test_network_layer_is_bit_exact(layers, index):
+def test_network_layer_is_bit_exact(layers, index, algo):
     """nin_xnornet's layers and three of nin_gc_xnornet's, at 3x3 pixels."""
-    ok, detail = kc.run_case(layers[index], "cpu")
+    ok, detail = kc.run_case(layers[index], "cpu", algo=algo)
     assert ok, detail
+
+
+def _slot_cases(cases) -> list[kc.Case]:
+    """Conv cases whose filters have several (tap, word) slots, one per kind of slot advance:
+    1, 2 and 3 words per group, bit and float inputs, a grouped one."""
+    picked, seen = [], set()
+    for c in cases:
+        if c.op not in tk.CONV_OPS or c.inputs["W"].shape[1] * c.inputs["W"].shape[2] < 3:
+            continue
+        key = (c.inputs["W"].shape[3], c.op == "XnorConv2d", c.attrs["group"] > 1)
+        if key not in seen and (key[0] <= 3):
+            seen.add(key)
+            picked.append(c)
+    return picked
+
+
+@pytest.mark.parametrize("block_k", [1, 2, 4])
+def test_dot_steps_advance_through_taps_and_words(cases, block_k):
+    """The dot carries each slot's (word, tap row, tap column) from step to step; BLOCK_K below,
+    at and above the words per group makes every kind of wrap happen (the interpreter's own
+    table takes up to 8 slots per step, so most layers there run one step)."""
+    picked = _slot_cases(cases)
+    assert len({(c.inputs["W"].shape[3], c.op == "XnorConv2d") for c in picked}) >= 5
+    for case in picked:
+        ok, detail = kc.run_case(case, "cpu", {"BLOCK_K": block_k, "BLOCK_P": 16, "BLOCK_M": 32}, algo="dot")
+        assert ok, f"BLOCK_K={block_k}: {detail}"
+
+
+def test_interpreter_int8_dot_is_integer_exact():
+    """Triton 3.9's interpreter runs tl.dot as np.matmul(a, b, dtype=acc's dtype) + acc: int8
+    operands with an int32 accumulator are summed in integers, not through float32 (which would
+    round a sum above 2**24). The kernels' sums stay below 2**24 anyway (launch_spec refuses
+    taps * C/group >= 2**24); this checks the interpreter itself, with sums near 2**25."""
+    import triton.language as tl
+
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = True
+
+        @triton.jit
+        def dot_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+            rm, rn, rk = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+            a = tl.load(a_ptr + rm[:, None] * K + rk[None, :])
+            b = tl.load(b_ptr + rk[:, None] * N + rn[None, :])
+            acc = tl.load(c_ptr + rm[:, None] * N + rn[None, :])
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc)
+
+    m, n, k = 16, 16, 4096
+    rng = np.random.default_rng(7)
+    a = torch.from_numpy(rng.choice(np.array([127, 126, -1], dtype=np.int8), (m, k)))
+    b = torch.from_numpy(rng.choice(np.array([-128, -127, 3], dtype=np.int8), (k, n)))
+    c = torch.from_numpy(rng.integers(-(2**20), 2**20, (m, n)).astype(np.int32))
+    want = c.numpy().astype(np.int64) + a.numpy().astype(np.int64) @ b.numpy().astype(np.int64)
+    assert ((np.abs(want) > 2**24) & (want % 2 != 0)).any()  # odd sums above 2**24: not float32 values
+    with tk._interpreter_lock:
+        dot_kernel[(1,)](a, b, c, m, n, k)
+    assert np.array_equal(c.numpy().astype(np.int64), want)
 
 
 def test_layer_case_count(layers):
@@ -107,6 +175,17 @@ def test_checker_catches_a_difference():
     assert not kc.compare(w.astype(np.int64), w)[0]
 
 
+def test_algo_reaches_only_the_convolutions(cases):
+    """run_case(algo=...) sets the convolutions' algorithm (named in a failure's detail) and
+    leaves the single-kernel ops alone."""
+    assert kc.CONV_OPS == tk.CONV_OPS
+    pool = next(c for c in cases if c.op == "BitMaxPool")
+    assert kc.run_case(pool, "cpu", algo="dot") == (True, "")
+    conv = next(c for c in cases if c.op == "XnorConv2dBits")
+    ok, detail = kc.run_case(conv, "cpu", {"BLOCK_P": 48}, algo="dot")
+    assert not ok and "algo=dot" in detail and "power of two" in detail
+
+
 def test_a_wrong_kernel_fails_its_case(cases, monkeypatch):
     """run_case reports a kernel that drops the bias, with the case's description."""
     case = next(c for c in cases if c.op == "XnorConv2d" and np.abs(c.inputs["bias"]).max() > 0)
@@ -154,12 +233,13 @@ def test_empty_batch_gives_empty_outputs():
     assert tk.binarize(x, t).shape == (0, 2, 5, 6)
 
 
-def test_explicit_config_changes_the_tiles_not_the_answer():
+@pytest.mark.parametrize("algo", tk.ALGOS)
+def test_explicit_config_changes_the_tiles_not_the_answer(algo):
     x, w, t, s, b = _conv_inputs(n=1, m=70, k=1)
     want = tk.xnor_conv2d(x, w, t, s, b)
-    got = tk.xnor_conv2d(x, w, t, s, b, config={"BLOCK_P": 16, "BLOCK_M": 32, "BLOCK_K": 1})
+    got = tk.xnor_conv2d(x, w, t, s, b, config={"algo": algo, "BLOCK_P": 16, "BLOCK_M": 32, "BLOCK_K": 1})
     assert tk.kernel_config("XnorConv2d", input_shape=(40, 5, 6), num_filters=70, kernel_shape=(1, 1),
-                            config={"BLOCK_P": 16})["grid_per_image"] == [2 * 2, 1, 1]
+                            config={"BLOCK_P": 16, "algo": algo})["grid_per_image"] == [2 * 2, 1, 1]
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 
@@ -176,6 +256,9 @@ def test_explicit_config_changes_the_tiles_not_the_answer():
     (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, dilations=(9, 9)), "output size"),
     (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"BLOCK_P": 48}), "power of two"),
     (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"GROUPED": True}), "unknown or fixed"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"ALGO": "dot"}), "unknown or fixed"),
+    (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s, b, config={"algo": "tensor"}), "algo must be one of"),
+    (lambda x, w, t, s, b: tk.binarize(x, t, config={"algo": "dot"}), "unknown or fixed entry 'algo'"),
     (lambda x, w, t, s, b: tk.xnor_conv2d(x, w, t, s.to("meta"), b), "all tensors must be on one device"),
     (lambda x, w, t, s, b: tk.xnor_conv2d_bits(w[:2, :, :1].contiguous(), w, s, b, channels=40),
      "words per pixel"),
@@ -210,12 +293,13 @@ def test_grouped_bit_inputs_need_whole_word_groups():
 
 def test_kernel_config_records_the_launch():
     cfg = tk.kernel_config("XnorConv2dBits", input_shape=(6, 32, 32), num_filters=160, channels=192,
-                           kernel_shape=(1, 1))
-    assert cfg["kernel"] == "xnor_conv2d_bits_kernel" and cfg["num_warps"] == 4
+                           kernel_shape=(1, 1), config={"algo": "popcount"})
+    assert cfg["kernel"] == "xnor_conv2d_bits_kernel" and cfg["num_warps"] == 4 and cfg["algo"] == "popcount"
     assert cfg["BLOCK_P"] * cfg["grid_per_image"][0] >= 32 * 32 * 160 // cfg["BLOCK_M"]
     assert cfg["BLOCK_K"] == 2  # 6 words: an even count
     bin_cfg = tk.kernel_config("XnorConv2dBitsBinarize", input_shape=(3, 16, 16), num_filters=40, channels=96,
                                kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+    assert bin_cfg["algo"] == "popcount"  # 40 filters: fewer than a dot tile
     assert bin_cfg["BLOCK_M"] % 32 == 0 and bin_cfg["BLOCK_K"] == 1  # 3 words: odd
     pool = tk.kernel_config("BitMaxPool", input_shape=(3, 32, 32), kernel_shape=(3, 3), strides=(2, 2),
                             pads=(1, 1, 1, 1))
@@ -226,10 +310,63 @@ def test_kernel_config_records_the_launch():
         tk.kernel_config("Conv", input_shape=(1, 1, 1))
 
 
+# nin_xnornet's binary layers: (C, H = W, M, kernel) and the dot's (tile, slots per step).
+NIN = [(192, 32, 160, 1), (160, 32, 96, 1), (96, 16, 192, 3), (192, 16, 192, 1), (192, 8, 192, 3), (192, 8, 192, 1)]
+
+
+def test_table_runs_nin_layers_on_tensor_cores():
+    """Every nin_xnornet binary layer gets the dot (each has >= 64 filters), in tiles that
+    divide its work with little padding: 64 filters x 128 pixels (64 on 8x8 images), 2 word
+    slots per step for 1x1 layers (6 or 5 slots), 4 for 3x3 ones (27 or 54 slots), 1 for float
+    inputs; nin_gc_xnornet's 16-group layer (32 filters per group) stays on popcount, its
+    2-group one (128 filters per group) gets the dot."""
+    for c, hw, m, k in NIN:
+        attrs = dict(num_filters=m, kernel_shape=(k, k), pads=((k - 1) // 2,) * 4, relu=1)
+        float_cfg = tk.kernel_config("XnorConv2d", input_shape=(c, hw, hw), **attrs)
+        bits_cfg = tk.kernel_config("XnorConv2dBitsBinarize", input_shape=(-(-c // 32), hw, hw), channels=c, **attrs)
+        for cfg in (float_cfg, bits_cfg):
+            assert cfg["algo"] == "dot" and cfg["BLOCK_M"] == 64 and cfg["num_warps"] == 4 and cfg["num_stages"] == 2
+            assert cfg["BLOCK_P"] == min(128, hw * hw)
+            assert cfg["grid_per_image"][0] == -(-hw * hw // cfg["BLOCK_P"]) * -(-m // 64)
+        assert float_cfg["BLOCK_K"] == 1
+        assert bits_cfg["BLOCK_K"] == (2 if k == 1 else 4)
+    grouped = tk.kernel_config("XnorConv2d", input_shape=(256, 16, 16), num_filters=512, kernel_shape=(3, 3),
+                               group=16)
+    assert grouped["algo"] == "popcount"
+    grouped = tk.kernel_config("XnorConv2dBitsBinarize", input_shape=(8, 16, 16), channels=256, num_filters=256,
+                               kernel_shape=(1, 1), group=2)
+    assert grouped["algo"] == "dot" and grouped["BLOCK_K"] == 2  # 4 slots; at most 2 per step when grouped
+
+
+def test_one_entry_decides_the_algo(monkeypatch):
+    """DOT_MIN_FILTERS_PER_GROUP alone moves the boundary; config={"algo": ...} overrides the
+    table both ways and brings that algo's tiles with it."""
+    n = tk.DOT_MIN_FILTERS_PER_GROUP
+    shape = dict(input_shape=(64, 8, 8), kernel_shape=(1, 1))
+    assert tk.kernel_config("XnorConv2d", num_filters=n, **shape)["algo"] == "dot"
+    assert tk.kernel_config("XnorConv2d", num_filters=n - 1, **shape)["algo"] == "popcount"
+    assert tk.kernel_config("XnorConv2d", num_filters=2 * n, group=2, **shape)["algo"] == "dot"
+    assert tk.kernel_config("XnorConv2d", num_filters=2 * n - 2, group=2, **shape)["algo"] == "popcount"
+    monkeypatch.setattr(tk, "DOT_MIN_FILTERS_PER_GROUP", 8)
+    assert tk.kernel_config("XnorConv2d", num_filters=8, **shape)["algo"] == "dot"
+    forced = tk.kernel_config("XnorConv2d", num_filters=8, config={"algo": "popcount"}, **shape)
+    assert forced["algo"] == "popcount" and forced["num_stages"] == 1  # popcount's own tiles
+    forced = tk.kernel_config("XnorConv2d", num_filters=200, config={"algo": "dot", "BLOCK_M": 128}, **shape)
+    assert forced["algo"] == "dot" and forced["BLOCK_M"] == 128 and forced["num_stages"] == 2
+    assert "algo" not in tk.kernel_config("Binarize", input_shape=(64, 8, 8))
+
+
+def test_dot_block_k_weighs_padding_against_steps():
+    assert [tk._dot_block_k(s) for s in (1, 2, 3, 5, 6, 9, 27, 54)] == [1, 2, 4, 2, 2, 2, 4, 4]
+
+
 def test_interpreter_table_covers_an_image_per_program():
     spec = tk.launch_spec("XnorConv2d", input_shape=(70, 8, 8), num_filters=50, kernel_shape=(3, 3),
                           pads=(1, 1, 1, 1), interpret=True)
-    assert spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] == 4
+    assert spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] == 4 and spec.algo == "popcount"
+    spec = tk.launch_spec("XnorConv2d", input_shape=(70, 8, 8), num_filters=50, kernel_shape=(3, 3),
+                          pads=(1, 1, 1, 1), interpret=True, config={"algo": "dot"})
+    assert spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] == 8  # of 27 slots: 4 steps
 
 
 def test_both_kernel_kinds_live_in_one_process():

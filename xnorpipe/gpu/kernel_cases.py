@@ -4,7 +4,8 @@ tests/test_triton_kernels.py) and on a real GPU (the GPU session script).
 
     from xnorpipe.gpu.kernel_cases import random_cases, run_case
     for case in random_cases(300, seed=0):
-        ok, detail = run_case(case, "cuda")
+        for algo in ("popcount", "dot"):  # the convolutions' two algorithms; other ops ignore it
+            ok, detail = run_case(case, "cuda", algo=algo)
 
 Cases cover what the contract leaves to the kernels: C and M not multiples of 32, groups,
 strides and dilations 2, pads up to kernel - 1, batch 1 and 5, NaN and +-inf inputs,
@@ -25,6 +26,7 @@ from xnorpipe.deploy.packing import num_words
 
 OP_WEIGHTS = {"XnorConv2d": 0.26, "XnorConv2dBits": 0.22, "XnorConv2dBitsBinarize": 0.22, "BitMaxPool": 0.14,
               "Binarize": 0.16}
+CONV_OPS = ("XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize")  # the ops with two algorithms
 
 
 @dataclass
@@ -249,12 +251,16 @@ def reference_output(case: Case) -> np.ndarray:
     raise ValueError(f"unknown op {case.op!r}")
 
 
-def kernel_output(case: Case, device="cpu", config: dict | None = None):
-    """The Triton wrapper's output for the case, on `device` (a torch tensor there)."""
+def kernel_output(case: Case, device="cpu", config: dict | None = None, *, algo: str | None = None):
+    """The Triton wrapper's output for the case, on `device` (a torch tensor there). `algo`
+    ("popcount" or "dot") picks a convolution's algorithm over the tile table's choice (as
+    config["algo"] does); the other ops have one algorithm and ignore it."""
     import torch
 
     from xnorpipe.gpu import triton_kernels as tk
 
+    if algo is not None and case.op in tk.CONV_OPS:
+        config = {**(config or {}), "algo": algo}
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in case.inputs.items()}
     a = case.attrs
     if case.op == "XnorConv2d":
@@ -292,12 +298,14 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:
                    f"expected {fmt(want[idx])}")
 
 
-def run_case(case: Case, device="cpu", config: dict | None = None) -> tuple[bool, str]:
-    """Run the case through the Triton wrapper on `device` and the reference; (ok, detail)."""
+def run_case(case: Case, device="cpu", config: dict | None = None, *, algo: str | None = None) -> tuple[bool, str]:
+    """Run the case through the Triton wrapper on `device` and the reference; (ok, detail).
+    `algo`: as in `kernel_output` (named in the detail when given)."""
+    where = case.describe() + (f" algo={algo}" if algo is not None and case.op in CONV_OPS else "")
     try:
-        got = kernel_output(case, device, config).cpu().numpy()
+        got = kernel_output(case, device, config, algo=algo).cpu().numpy()
     except Exception as e:  # a kernel that raises fails its case, with the reason
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return False, f"{case.describe()}: raised {type(e).__name__}: {msg}"
+        return False, f"{where}: raised {type(e).__name__}: {msg}"
     ok, detail = compare(got, reference_output(case))
-    return ok, "" if ok else f"{case.describe()}: {detail}"
+    return ok, "" if ok else f"{where}: {detail}"

@@ -23,6 +23,14 @@ choice): that PTX and cubin run on sm_90 GPUs (H100, H200) only. Every build has
 enable_fp_fusion=False: the output transform is `mul.rn.f32` then `add.rn.f32`, which no PTX
 JIT contracts into an FMA.
 
+Convolutions build either algorithm of the tile table (`AotKernel.algo`; `config={"algo":
+"popcount" | "dot"}` overrides the table): "popcount" runs `popc.b32` on the CUDA cores, "dot"
+int8 tensor-core MMAs with int32 accumulators: Triton 3.9 emits `mma.sync.aligned.m16n8k32.
+row.col.satfinite.s32.s8.s8.s32` for sm_80/86/89 and `wgmma.mma_async.sync.aligned.m64nNk32.
+s32.s8.s8` for sm_90a (N = the pixel tile). Every kernel fits the 48 KiB of shared memory an
+AOT launch gets without opting in: where the table's pipeline depth (num_stages) would need
+more, compile_op lowers it, and it refuses a kernel that still does not fit.
+
 Compiled kernels are cached on disk by Triton itself (TRITON_CACHE_DIR, default
 ~/.triton/cache), keyed by the kernel source, its constexprs, the options, the target and the
 ptxas version, and in this process by the call's arguments.
@@ -69,6 +77,7 @@ class AotKernel:
     config: dict = field(default_factory=dict, hash=False, compare=False)  # the tile config (kernel_config)
     scalar_names: tuple[str, ...] = ()
     input_count: int = 0  # input pointers before the scalars (the op's ONNX inputs)
+    algo: str | None = None  # convolutions: "popcount" (CUDA cores) or "dot" (int8 tensor cores)
 
 
 _cache: dict = {}
@@ -119,14 +128,25 @@ def _compile(op, capability, input_shape, num_filters, channels, config, ptx_ver
     pointer_attrs = {(i,): [["tt.divisibility", POINTER_ALIGN]] for i, t in enumerate(signature.values())
                      if t.startswith("*")}
     src = triton.compiler.ASTSource(fn, signature, constexprs=dict(spec.constexprs), attrs=pointer_attrs)
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "ptx_version": ptx_version,
-               **tk.COMPILE_OPTIONS}
-    try:
-        compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
-    except Exception as e:  # Triton's compile errors are long; keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AotError(f"{op}: Triton could not build sm_{capability}: {first}") from e
+    # The table's pipeline depth is capped where the kernel would need more shared memory than
+    # an AOT launch gets (each stage holds a copy of the step's loads); a depth the caller
+    # chose (config["num_stages"]) is kept, and refused below if it does not fit.
+    stages = spec.num_stages
+    while True:
+        options = {"num_warps": spec.num_warps, "num_stages": stages, "ptx_version": ptx_version,
+                   **tk.COMPILE_OPTIONS}
+        try:
+            compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+        except Exception as e:  # Triton's compile errors are long; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AotError(f"{op}: Triton could not build sm_{capability}: {first}") from e
+        if compiled.metadata.shared <= SHARED_LIMIT or stages == 1 or "num_stages" in (config or {}):
+            break
+        stages -= 1
     md = compiled.metadata
+    if md.shared > SHARED_LIMIT:
+        raise AotError(f"{op}: the sm_{capability} kernel needs {md.shared} bytes of shared memory, more than the "
+                       f"{SHARED_LIMIT} an AOT launch gets without opting in; choose smaller tiles or fewer stages")
     for what in ("global_scratch_size", "profile_scratch_size", "tmem_size"):
         if getattr(md, what, 0):
             raise AotError(f"{op}: the sm_{capability} kernel needs {what} = {getattr(md, what)}, which an AOT "
@@ -145,7 +165,8 @@ def _compile(op, capability, input_shape, num_filters, channels, config, ptx_ver
                      shared_bytes=int(md.shared), registers=cubin_registers(cubin, md.name),
                      grid_per_image=spec.grid_per_image, scalar_args=spec.scalars, batch_arg_index=None,
                      trailing_pointer_args=trailing, ptx_version=f"{ptx_version // 10}.{ptx_version % 10}",
-                     config=spec.config(), scalar_names=spec.scalar_names, input_count=n_inputs)
+                     config={**spec.config(), "num_stages": stages}, scalar_names=spec.scalar_names,
+                     input_count=n_inputs, algo=spec.algo)
 
 
 def _signature(fn, spec) -> tuple[dict[str, str], int]:

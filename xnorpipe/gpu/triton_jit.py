@@ -1,5 +1,8 @@
 """The @triton.jit kernels of xnorpipe's ops, one per op. The design, the wrappers, the tile
-table and the launch descriptions are in xnorpipe/gpu/triton_kernels.py.
+table and the launch descriptions are in xnorpipe/gpu/triton_kernels.py. The three
+convolutions share `_conv_tile` (the integer sums of a tile), `_output_transform` and their
+stores; its constexpr ALGO picks how the sums are made: "popcount" (`_group_xor_popcount`) or
+"dot" (`_group_dot`, int8 tensor cores).
 
 `triton_kernels.kernels()` executes this file as two private modules, one under
 TRITON_INTERPRET=1 (interpreter functions, for CPU tensors) and one without (JIT functions, for
@@ -106,12 +109,123 @@ def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_o
 
 
 @triton.jit
+def _unpack_pm1(words, keep):
+    """int8 [A, B, 32]: bit c of each int32 word [A, B] as +1 (set) or -1 (clear); 0 for the
+    words where `keep` (broadcast to [A, B]) is 0 instead of -1.
+
+    Per nibble, a few integer ops make 4 int8 values in one int32: a multiply by 0x00204081
+    spreads the nibble's 4 bits to the low bits of 4 bytes (its shifted copies do not overlap),
+    and `keep - 254 * s` turns each 0/1 byte into 0xFF (-1) or 0x01 (+1) without borrows (or 0
+    everywhere where keep is 0). Every new axis is made by `tl.join` (a register axis in
+    compiled code), never by broadcasting a range: so each thread expands its own words in
+    registers, with constant shifts, and holds 32 consecutive channels of a word at the end."""
+    x = tl.join(tl.join(words, words >> 16), tl.join(words >> 8, words >> 24))  # [A, B, 2, 2]: bytes 0 2 / 1 3
+    x = tl.reshape(x, (words.shape[0], words.shape[1], 4))
+    nib = tl.reshape(tl.join(x & 0xF, (x >> 4) & 0xF), (words.shape[0], words.shape[1], 8))  # channels 4i .. 4i + 3
+    keep = tl.broadcast_to(keep, words.shape)
+    k = tl.join(tl.join(keep, keep), tl.join(keep, keep))
+    k = tl.reshape(tl.join(k, k), (words.shape[0], words.shape[1], 8))
+    v = k - 254 * ((nib * 0x00204081) & (k & 0x01010101))
+    b0 = v.to(tl.int8)
+    b1 = (v >> 8).to(tl.int8)
+    b2 = (v >> 16).to(tl.int8)
+    b3 = (v >> 24).to(tl.int8)
+    return tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (words.shape[0], words.shape[1], 32))
+
+
+@triton.jit
+def _valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P: tl.constexpr):
+    """In-image taps per output pixel: rows times columns."""
+    nv_h = tl.full([BLOCK_P], 0, tl.int32)
+    for i in range(KH):
+        ih = ih0 + i * DH
+        nv_h += ((ih >= 0) & (ih < H)).to(tl.int32)
+    nv_w = tl.full([BLOCK_P], 0, tl.int32)
+    for j in range(KW):
+        iw = iw0 + j * DW
+        nv_w += ((iw >= 0) & (iw < W)).to(tl.int32)
+    return nv_h * nv_w
+
+
+@triton.jit
+def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, Cg, NWG, H, W,
+               KH, KW, DH, DW, FLOAT_IN: tl.constexpr, GROUPED: tl.constexpr, BLOCK_P: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc (int32 [BLOCK_M, BLOCK_P]) plus the contract's sum of Wb * Xb over the in-image taps
+    and the Cg channels of group g (filters outside `col_ok`: + 0), as int8 tensor-core dots.
+    One accumulator serves every group of a tile: no second one to hold in registers.
+
+    The reduction axis is the filter's (tap, word) slots, flattened as W stores them
+    ([M, kH * kW * NWG] words): each step takes BLOCK_K consecutive slots, which may straddle
+    taps, unpacks them to +-1 int8 ([BLOCK_M, 32 BLOCK_K] weights, [32 BLOCK_K, BLOCK_P]
+    inputs) and `tl.dot` adds their product into int32 (exact: |sum| <= taps * Cg < 2**24).
+    Zeros do the masking: inputs at padding taps and at slots past the end, and, with GROUPED,
+    weights of filters outside the group. Channels past Cg in the group's last word: the float
+    input is 0 there; bit words have those bits cleared on both sides (-1 * -1), and the caller
+    subtracts their (32 * NWG - Cg) * valid taps. Each slot's (tap row, tap column, word) is
+    carried from step to step (no division in the loop)."""
+    taps = KH * KW
+    slots = taps * NWG
+    w_rows = offs_m * slots  # W is [M, kH, kW, NWG]
+    HW = H * W
+    if GROUPED:
+        w_keep = tl.where(col_ok, -1, 0)[:, None]
+    else:  # rows past M are computed and never stored
+        w_keep = tl.full([BLOCK_M, 1], -1, tl.int32)
+    # Slot k of the step: word q, tap (i, j); the advance per step is BLOCK_K slots.
+    kk = tl.arange(0, BLOCK_K)
+    q = kk % NWG
+    tap = kk // NWG
+    i = tap // KW
+    j = tap - i * KW
+    adv_q = BLOCK_K % NWG
+    adv_tap = BLOCK_K // NWG
+    adv_i = adv_tap // KW
+    adv_j = adv_tap - adv_i * KW
+    for step in range(0, slots, BLOCK_K):
+        ih = ih0[:, None] + (i * DH)[None, :]  # [P, K]
+        iw = iw0[:, None] + (j * DW)[None, :]
+        valid = p_ok[:, None] & (i < KH)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        nlive = Cg - q * 32  # channels in word q: > 32 before the last word
+        live_bits = tl.where(nlive >= 32, -1, (1 << tl.minimum(nlive, 31)) - 1)  # [K]
+        wq = tl.load(w_ptr + w_rows[:, None] + (step + kk)[None, :], mask=(step + kk < slots)[None, :],
+                     other=0)  # [M, K]
+        w_pm1 = tl.reshape(_unpack_pm1(wq & live_bits[None, :], w_keep), (BLOCK_M, BLOCK_K * 32))
+        if FLOAT_IN:
+            c32 = tl.arange(0, 32)
+            ch = q[:, None] * 32 + c32[None, :]  # [K, 32] group-local channels
+            ch_ok = ch < Cg
+            live = ch_ok[:, :, None] & tl.trans(valid)[:, None, :]  # [K, 32, P]
+            pix = tl.trans(ih * W + iw)  # [K, P]
+            xv = tl.load(in_img + (g * Cg + ch)[:, :, None] * HW + pix[:, None, :], mask=live, other=0.0)
+            t = tl.load(thr_ptr + g * Cg + ch, mask=ch_ok, other=0.0)
+            x_pm1 = tl.reshape(tl.where(live, tl.where(xv >= t[:, :, None], 1, -1), 0).to(tl.int8),
+                               (BLOCK_K * 32, BLOCK_P))
+        else:  # bits [N, words, H, W]; group g's words start at g * NWG (Cg % 32 == 0)
+            xq = tl.load(in_img + (g * NWG + q)[None, :] * HW + ih * W + iw, mask=valid, other=0)  # [P, K]
+            x_pm1 = tl.trans(tl.reshape(_unpack_pm1(xq & live_bits[None, :], tl.where(valid, -1, 0)),
+                                        (BLOCK_P, BLOCK_K * 32)))
+        acc = tl.dot(w_pm1, x_pm1, acc, out_dtype=tl.int32)
+        # Advance every slot by BLOCK_K: q < NWG and adv_q < NWG, so one wrap at most (j: alike).
+        q += adv_q
+        q_wrap = q >= NWG
+        q = tl.where(q_wrap, q - NWG, q)
+        j += adv_j + q_wrap.to(tl.int32)
+        j_wrap = j >= KW
+        j = tl.where(j_wrap, j - KW, j)
+        i += adv_i + j_wrap.to(tl.int32)
+    return acc
+
+
+@triton.jit
 def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
                FLOAT_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_K: tl.constexpr, GROUPED: tl.constexpr):
+               BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr):
     """This program's tile: (n, pixel offsets, pixel mask, first filter, filter offsets, filter
     mask, the contract's integer sums int32 [BLOCK_M, BLOCK_P]). Program id 0 = (image, pixel
-    tile, filter block), filter block fastest, so blocks that read the same input run together."""
+    tile, filter block), filter block fastest, so blocks that read the same input run together.
+    ALGO "popcount": XOR + popcount on the CUDA cores (`_group_xor_popcount`); "dot": int8
+    tensor-core dots of the unpacked +-1 values (`_group_dot`)."""
     P = Ho * Wo
     m_blocks = (M + BLOCK_M - 1) // BLOCK_M
     per_image = ((P + BLOCK_P - 1) // BLOCK_P) * m_blocks
@@ -134,28 +248,36 @@ def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, P
         in_img = in_ptr + n.to(tl.int64) * C * H * W
     else:
         in_img = in_ptr + n.to(tl.int64) * ((C + 31) // 32) * H * W
-    if GROUPED:
-        Mg = M // G
-        acc = tl.full([BLOCK_M, BLOCK_P], 0, tl.int32)
-        g_last = (tl.minimum(m0 + BLOCK_M, M) - 1) // Mg
-        for g in range(m0 // Mg, g_last + 1):
-            col = m_ok & (offs_m // Mg == g)
-            part = _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col, Cg, NWG, H, W,
-                                       KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
-            acc += tl.where(col[:, None], part, 0)
+    if ALGO == "dot":
+        # Filters outside group g get zero weights: each group's dot adds only to its own rows.
+        if GROUPED:
+            Mg = M // G
+            sums = tl.full([BLOCK_M, BLOCK_P], 0, tl.int32)
+            g_last = (tl.minimum(m0 + BLOCK_M, M) - 1) // Mg
+            for g in range(m0 // Mg, g_last + 1):
+                sums = _group_dot(sums, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, m_ok & (offs_m // Mg == g),
+                                  Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, True, BLOCK_P, BLOCK_M, BLOCK_K)
+        else:
+            sums = _group_dot(tl.full([BLOCK_M, BLOCK_P], 0, tl.int32), in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok,
+                              offs_m, m_ok, Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, False, BLOCK_P, BLOCK_M, BLOCK_K)
+        if not FLOAT_IN:  # the bit words' channels past Cg, -1 on both sides (grouped: Cg % 32 == 0)
+            dead = NWG * 32 - Cg
+            if dead != 0:
+                sums -= (dead * _valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P))[None, :]
     else:
-        acc = _group_xor_popcount(in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok, offs_m, m_ok, Cg, NWG, H, W,
-                                  KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
-    # In-image taps per pixel: rows times columns.
-    nv_h = tl.full([BLOCK_P], 0, tl.int32)
-    for i in range(KH):
-        ih = ih0 + i * DH
-        nv_h += ((ih >= 0) & (ih < H)).to(tl.int32)
-    nv_w = tl.full([BLOCK_P], 0, tl.int32)
-    for j in range(KW):
-        iw = iw0 + j * DW
-        nv_w += ((iw >= 0) & (iw < W)).to(tl.int32)
-    sums = (nv_h * nv_w * Cg)[None, :] - 2 * acc
+        if GROUPED:
+            Mg = M // G
+            acc = tl.full([BLOCK_M, BLOCK_P], 0, tl.int32)
+            g_last = (tl.minimum(m0 + BLOCK_M, M) - 1) // Mg
+            for g in range(m0 // Mg, g_last + 1):
+                col = m_ok & (offs_m // Mg == g)
+                part = _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col, Cg, NWG, H, W,
+                                           KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+                acc += tl.where(col[:, None], part, 0)
+        else:
+            acc = _group_xor_popcount(in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok, offs_m, m_ok, Cg, NWG, H, W,
+                                      KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+        sums = (_valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P) * Cg)[None, :] - 2 * acc
     return n, offs_p, p_ok, m0, offs_m, m_ok, sums
 
 
@@ -181,11 +303,11 @@ def xnor_conv2d_kernel(x_ptr, w_ptr, thr_ptr, scale_ptr, bias_ptr,
                        C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
                        y_ptr,
                        BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                       GROUPED: tl.constexpr):
+                       GROUPED: tl.constexpr, ALGO: tl.constexpr):
     """XnorConv2d: X float [N, C, H, W] -> Y float [N, M, Ho, Wo], binarization fused."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         x_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        True, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+        True, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
     _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
 
@@ -195,11 +317,11 @@ def xnor_conv2d_bits_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr,
                             C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
                             y_ptr,
                             BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                            GROUPED: tl.constexpr):
+                            GROUPED: tl.constexpr, ALGO: tl.constexpr):
     """XnorConv2dBits: bits [N, ceil(C/32), H, W] -> Y float [N, M, Ho, Wo]."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
     _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
 
@@ -209,13 +331,13 @@ def xnor_conv2d_bits_binarize_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr, othr_pt
                                      C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
                                      out_ptr,
                                      BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-                                     BLOCK_K: tl.constexpr, GROUPED: tl.constexpr):
+                                     BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr):
     """XnorConv2dBitsBinarize: bits -> bits [N, ceil(M/32), Ho, Wo], bit m = Y[m] >=
     output_threshold[m] with Y computed exactly as XnorConv2dBits (NaN: 0; bits past M: 0).
     BLOCK_M is a multiple of 32, so every output word belongs to one program."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED)
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
     t = tl.load(othr_ptr + offs_m, mask=m_ok, other=0.0)
     one = tl.full([BLOCK_M, BLOCK_P], 1, tl.uint32)

@@ -14,13 +14,21 @@ int32 scalars (`LaunchSpec.scalars`), then the output pointer, then tl.constexpr
 `LaunchSpec.grid_per_image` = (gx, gy, gz); no kernel takes the batch size (program ids
 decode the image), so one compiled kernel serves every batch.
 
-Convolutions are an implicit GEMM of (output pixels x filters) tiles over (taps x 32-channel
-words): per word, a broadcast XOR of the tile's input words [P] with its weight words [M],
-masked, then a SWAR popcount (plain integer ops: exact in the interpreter, one `popc` in PTX)
-added into int32 accumulators. Padding taps and bits past C/group are masked out of the XOR
-(`(a ^ b) & mask`, one LOP3), so sum = valid_taps * Cg - 2 * popcount. The float-input op
-binarizes the 32 channels of each input word inside the kernel (x >= threshold, NaN -> 0):
-no bit tensor is written, and the op stays one launch (TensorRT's AOT plugin runs one kernel).
+Convolutions are an implicit GEMM of (filters x output pixels) tiles over (taps x 32-channel
+words), in one of two algorithms (`algo`, a constexpr of the same kernel; the tile table picks
+one per layer, `config={"algo": ...}` overrides it):
+- "popcount" (CUDA cores): per word, a broadcast XOR of the tile's input words [P] with its
+  weight words [M], masked, then a SWAR popcount (plain integer ops: exact in the interpreter,
+  one `popc` in PTX) added into int32 accumulators. Padding taps and bits past C/group are
+  masked out of the XOR (`(a ^ b) & mask`, one LOP3), so sum = valid_taps * Cg - 2 * popcount.
+- "dot" (int8 tensor cores): bits stay packed in memory; each step unpacks BLOCK_K (tap, word)
+  slots of weights and inputs in registers to int8 +1/-1 (a few integer ops per 4 values, see
+  triton_jit._unpack_pm1) and `tl.dot` accumulates in int32: exact, |sum| <= taps * C < 2**24
+  (checked by launch_spec). Zeros stand for padding taps, so the contract's zero padding costs
+  nothing; channels past C/group are -1 on both sides and subtracted afterwards.
+The float-input op binarizes X inside the kernel (x >= threshold, NaN -> 0; "dot" straight to
++-1 int8): no bit tensor is written, and the op stays one launch (TensorRT's AOT plugin runs
+one kernel).
 Output: scale * float(sum), then + bias, two roundings: every launch is compiled with
 enable_fp_fusion=False, which emits `mul.rn.f32` / `add.rn.f32`, and PTX with an explicit
 rounding mode is never contracted into an FMA, not even by the driver's JIT. Then relu as
@@ -159,8 +167,15 @@ class LaunchSpec:
 
     def config(self) -> dict:
         """The tile configuration (what `kernel_config` returns)."""
-        return {"op": self.op, "kernel": self.kernel, **self.constexprs, "num_warps": self.num_warps,
+        tiles = {k: v for k, v in self.constexprs.items() if k != "ALGO"}
+        algo = {"algo": self.constexprs["ALGO"]} if "ALGO" in self.constexprs else {}
+        return {"op": self.op, "kernel": self.kernel, **algo, **tiles, "num_warps": self.num_warps,
                 "num_stages": self.num_stages, "grid_per_image": list(self.grid_per_image)}
+
+    @property
+    def algo(self) -> str | None:
+        """The convolution algorithm ("popcount" or "dot"); None for the other ops."""
+        return self.constexprs.get("ALGO")
 
 
 def _fail(op: str, what: str):
@@ -195,12 +210,16 @@ def _pow2_at_least(v: int, lo: int, cap: int) -> int:
 
 def _override(op: str, table: dict, config: dict | None) -> dict:
     """The table's entries, with those of `config` (BLOCK_* powers of two, num_warps,
-    num_stages) in their place."""
+    num_stages; `algo` is applied by the caller, before the table is chosen) in their place."""
     cfg = dict(table)
+    fixed = ("GROUPED", "ALGO")
     for key, value in (config or {}).items():
-        if key not in table and key not in ("num_warps", "num_stages") or key == "GROUPED":
+        if key == "algo" and "ALGO" in table:
+            continue
+        if key not in table and key not in ("num_warps", "num_stages") or key in fixed:
+            choices = sorted(k for k in table if k not in fixed) + ["num_stages", "num_warps"]
             _fail(op, f"config: unknown or fixed entry {key!r}; choose from "
-                      f"{sorted(k for k in table if k != 'GROUPED') + ['num_stages', 'num_warps']}")
+                      f"{sorted(choices + ['algo']) if 'ALGO' in table else choices}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _fail(op, f"config: {key} must be a positive int, got {value!r}")
         if key != "num_stages" and value & (value - 1):
@@ -209,29 +228,80 @@ def _override(op: str, table: dict, config: dict | None) -> dict:
     return cfg
 
 
-def _conv_config(op: str, m: int, cg: int, p: int, grouped: bool, interpret: bool) -> dict:
-    """The tile table of the convolutions: (filters x pixels) tiles, BLOCK_K words of a tap
-    XORed per step as a [K, M, P] broadcast.
+# The convolution algorithms (`algo` of kernel_config, `config={"algo": ...}`):
+# "popcount": XOR + popcount of bit words on the CUDA cores; "dot": int8 tensor-core dots of
+# the bits unpacked to +-1 in registers. See `conv_algo` for which the table picks.
+ALGOS = ("popcount", "dot")
+# The one entry that decides between them: a layer runs "dot" when each group has at least
+# this many filters. 64 is the smallest filter tile of the dot's table (and wgmma's M per warp
+# group): with fewer filters per group, rows of every tensor-core tile are zeros and each
+# unpacked input word feeds fewer filters. Set from the instruction counts of sm_80/sm_90
+# builds (the dot issues 2-5x fewer instructions per binary MAC than popcount's popc-bound
+# loop on nin_xnornet's layers), not from timings: the GPU session sweeps both algos per layer
+# (`config={"algo": ...}`), and the measured crossover replaces it.
+DOT_MIN_FILTERS_PER_GROUP = 64
+# The dot's per-step cost outside the unpacking of its BLOCK_K word slots, in units of one
+# slot's unpacking (address and mask arithmetic, barriers, loop bookkeeping: about 64 of the
+# 233 SASS instructions per warp of a 64 x 128 x 2-slot step on sm_90, 84 per slot).
+DOT_STEP_COST = 0.75
 
+
+def conv_algo(num_filters: int, group: int = 1) -> str:
+    """The algorithm the table picks for a convolution: "dot" where each of the `group` groups
+    has >= DOT_MIN_FILTERS_PER_GROUP of the `num_filters` filters, else "popcount"."""
+    return "dot" if num_filters // group >= DOT_MIN_FILTERS_PER_GROUP else "popcount"
+
+
+def _dot_block_k(slots: int, choices=(1, 2, 4)) -> int:
+    """Word slots per dot step: the fewest padded steps times per-step cost, ties to the
+    smaller K (fewer registers and less shared memory)."""
+    return min(choices, key=lambda k: (_cdiv(slots, k) * (DOT_STEP_COST + k), k))
+
+
+def _conv_config(op: str, m: int, cg: int, p: int, taps: int, grouped: bool, interpret: bool, algo: str) -> dict:
+    """The tile table of the convolutions: (filters x pixels) tiles, BLOCK_K word slots per
+    step. `config=` overrides any entry, for sweeps on a GPU.
+
+    algo "popcount": BLOCK_K words of one tap XORed per step as a [K, M, P] broadcast.
     GPU (chosen from the PTX and ptxas resource usage of sm_80/sm_90 builds, not yet timed on a
     GPU): 64 filters x 64 pixels at 4 warps, 32 filters when M <= 32; BLOCK_K = 2 when the
     words per group are even (Triton then stages the weight words through shared memory: 16
     shared loads per 64 popc per thread, ~160 registers, no spills), else 1 (no masked word
     slots; one uniform global load per popc). The float-input op binarizes [K, 32, P] floats
     per step and grouped layers keep a second accumulator: 32 pixels and BLOCK_K = 1 there
-    (~150-200 registers; 64 pixels spill). `config=` overrides any entry, for sweeps on a GPU.
-    Interpreter: one program per image where the shape allows and every word of a tap in one
-    step, as NumPy runs a few big array ops faster than many small ones (and the masking of
-    word slots past the group's words gets exercised)."""
+    (~150-200 registers; 64 pixels spill).
+
+    algo "dot": BLOCK_K (tap, word) slots of the filter = 32 * BLOCK_K int8 channels of K per
+    step (one mma.sync m16n8k32 / wgmma k32 per slot). GPU: 64 filters x 128 pixels (64 when
+    the image has 64) at 4 warps, 2 pipeline stages: one warp group, whose wgmma tile on sm_90
+    is m64n128k32; 95-165 registers (float inputs: up to 220), no spills, <= 32 KiB of shared
+    memory on sm_80..90 for nin_xnornet's layers (the float output's epilogue holds the tile in
+    shared memory: 64 x 128 x 4 bytes; 128 x 128 would need 64 KiB, more than an AOT launch
+    gets). BLOCK_K: `_dot_block_k` for bit inputs (2 for nin_xnornet's
+    1x1 layers, 4 for its 3x3), at most 2 when grouped (the loop over a tile's groups around the
+    step loop costs registers: 4 slots reach 255 registers and spill on sm_80/89), 1 for float
+    inputs (each slot loads and compares 32 floats per pixel; larger K costs registers and
+    shared memory, not time).
+
+    Interpreter: one program per image where the shape allows and every word of a tap (popcount)
+    or up to 8 slots (dot) per step, as NumPy runs a few big array ops faster than many small
+    ones (the masking of word slots past the end gets exercised, and the dot's step-to-step
+    slot advance too)."""
     nwg = _cdiv(cg, 32)
+    slots = taps * nwg
     bits_out = op == "XnorConv2dBitsBinarize"
     if interpret:
+        block_k = _pow2_at_least(slots, 1, 8) if algo == "dot" else _pow2_at_least(nwg, 1, 8)
         return {"BLOCK_P": _pow2_at_least(p, 16, 256), "BLOCK_M": _pow2_at_least(m, 32 if bits_out else 16, 128),
-                "BLOCK_K": _pow2_at_least(nwg, 1, 8), "GROUPED": bool(grouped)}
+                "BLOCK_K": block_k, "GROUPED": bool(grouped), "ALGO": algo}
+    if algo == "dot":
+        block_k = 1 if op == "XnorConv2d" else _dot_block_k(slots, (1, 2) if grouped else (1, 2, 4))
+        return {"BLOCK_P": _pow2_at_least(p, 32, 128), "BLOCK_M": 64, "BLOCK_K": block_k, "GROUPED": bool(grouped),
+                "ALGO": algo, "num_warps": 4, "num_stages": 2}
     small = op == "XnorConv2d" or grouped
     block_k = 1 if small or nwg % 2 else 2
     return {"BLOCK_P": 32 if small else 64, "BLOCK_M": 32 if m <= 32 else 64, "BLOCK_K": block_k,
-            "GROUPED": bool(grouped)}
+            "GROUPED": bool(grouped), "ALGO": algo}
 
 
 def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None = None,
@@ -294,7 +364,10 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         if (c * h * w > INT32_MAX or nw_out * ho * wo > INT32_MAX or m * taps * _cdiv(c // g, 32) > INT32_MAX
                 or taps * (c // g) >= 2**24):
             _fail(op, "tensor too large for the kernels' int32 indexing")
-        cfg = _override(op, _conv_config(op, m, c // g, ho * wo, g > 1, interpret), config)
+        algo = (config or {}).get("algo", conv_algo(m, g))
+        if algo not in ALGOS:
+            _fail(op, f"config: algo must be one of {', '.join(map(repr, ALGOS))}, got {algo!r}")
+        cfg = _override(op, _conv_config(op, m, c // g, ho * wo, taps, g > 1, interpret, algo), config)
         if op == "XnorConv2dBitsBinarize" and cfg["BLOCK_M"] % 32:
             _fail(op, f"BLOCK_M must be a multiple of 32, got {cfg['BLOCK_M']}")
         (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a.kernel_shape, a.strides, a.pads, a.dilations
@@ -346,8 +419,14 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         grid = (_cdiv(h * w, cfg["BLOCK_P"]), _cdiv(nw, cfg["BLOCK_W"]), 1)
         out_shape = (nw, h, w)
         out_dtype = "int32"
-    tile = [v for k, v in cfg.items() if k.startswith("BLOCK_")] + ([32] if op == "Binarize" else [])
-    if math.prod(tile) > 2**16:  # elements of the largest block tensor of a program
+    # The largest block tensor of a program: popcount's [K, M, P] XOR, the dot's operands and
+    # accumulator, Binarize's [32, P] floats per word.
+    if cfg.get("ALGO") == "dot":
+        bk, bm, bp = 32 * cfg["BLOCK_K"], cfg["BLOCK_M"], cfg["BLOCK_P"]
+        tile = max([bm, bp], [bk, bp], [bm, bk], key=math.prod)
+    else:
+        tile = [v for k, v in cfg.items() if k.startswith("BLOCK_")] + ([32] if op == "Binarize" else [])
+    if math.prod(tile) > 2**16:
         _fail(op, f"config: a tile of {' x '.join(map(str, tile))} elements is too large")
     num_warps = int(cfg.pop("num_warps", 4))
     num_stages = int(cfg.pop("num_stages", 1))
@@ -480,5 +559,6 @@ def binarize(x, threshold, *, config: dict | None = None) -> torch.Tensor:
 
 
 
-__all__ = ["OPS", "KernelArgumentError", "LaunchSpec", "binarize", "bit_max_pool", "interpreted",
-           "kernel_config", "kernels", "launch_spec", "xnor_conv2d", "xnor_conv2d_bits"]
+__all__ = ["ALGOS", "CONV_OPS", "DOT_MIN_FILTERS_PER_GROUP", "OPS", "KernelArgumentError", "LaunchSpec", "binarize",
+           "bit_max_pool", "conv_algo", "interpreted", "kernel_config", "kernels", "launch_spec", "xnor_conv2d",
+           "xnor_conv2d_bits"]
