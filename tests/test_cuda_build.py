@@ -72,6 +72,8 @@ def test_every_target_has_ptx_and_cubin(cuda_build):
 
 @needs_nvcc
 def test_ptx_entries_and_signature(cuda_build):
+    from xnorpipe.gpu.trt_plugin import check_trt_abi
+
     n_ints = len(plan.launch_plan((1, 8, 4, 4), 8, plan.conv_attrs((3, 3))).kernel_args)
     expected = ["u64"] * 5 + ["u32"] * n_ints + ["u64"]  # TensorRT AOT order: inputs, ints, output
     for arch in plan.KERNEL_ARCHS:
@@ -81,6 +83,8 @@ def test_ptx_entries_and_signature(cuda_build):
         assert set(entries) == want, (arch, entries.keys())
         for name, params in entries.items():
             assert params == expected, (arch, name, params)
+            # the TensorRT plugin's own check of what its AOT launch passes (--gpu-kernels cuda)
+            assert check_trt_abi(ptx, name, 5, n_ints, name) == 0
         if arch >= 80:
             assert "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc" in ptx
         assert re.search(rf"\.target\s+sm_{arch}\b", ptx)

@@ -1,9 +1,11 @@
 """The GPU engines (`torch-xnor`, `trt`): one-line errors without CUDA/CuPy/TensorRT, lazy
-imports, and (where a CUDA GPU and CuPy exist) the CUDA kernel against the reference."""
+imports, torch-xnor through `xnorpipe bench` on the CPU (Triton's interpreter), and, where a
+CUDA GPU exists, both kernel sets against the reference and CUDA graphs against eager runs."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +43,23 @@ def test_registry_names():
     assert engine_class("trt").name == "trt"
 
 
-def test_torch_xnor_needs_a_model():
+def test_torch_xnor_needs_a_packed_model(tmp_path):
+    import onnx
+
+    from xnorpipe.deploy.onnx_export import build_onnx
     from xnorpipe.runtime import engine_class
 
-    with pytest.raises(XnorpipeError, match="model"):
-        engine_class("torch-xnor")(model=None, onnx_path="x.onnx")
+    cls = engine_class("torch-xnor")
+    with pytest.raises(XnorpipeError, match="--onnx.*--arch"):
+        cls(model=None, onnx_path=None)
+    with pytest.raises(XnorpipeError, match="not found"):
+        cls(onnx_path=str(tmp_path / "x.onnx"))
+    portable = tmp_path / "tiny.portable.onnx"
+    onnx.save(build_onnx(_tiny_ir(), "portable"), portable)
+    with pytest.raises(XnorpipeError, match="has none: use --engine torch"):
+        cls(onnx_path=str(portable), device="cpu")
+    with pytest.raises(XnorpipeError, match="runs the packed or packed-bits form"):
+        cls(model=_tiny_ir(), form="portable", device="cpu")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a CUDA GPU is present")
@@ -86,9 +100,10 @@ def test_cupy_missing_is_one_line(monkeypatch):
 def test_no_heavy_imports_at_module_import():
     """Importing the GPU modules must not import tensorrt or cupy (they are optional)."""
     code = ("import sys\n"
-            "import xnorpipe.runtime.torch_xnor, xnorpipe.runtime.trt_engine, xnorpipe.trt_plugin\n"
+            "import xnorpipe.runtime.torch_xnor, xnorpipe.runtime.trt_engine, xnorpipe.gpu.trt_plugin\n"
             "import xnorpipe.commands.build_engine, xnorpipe.gpu.trt_build, xnorpipe.gpu.plan, xnorpipe.gpu.device\n"
-            "bad = [m for m in ('tensorrt', 'cupy', 'cuda') if m in sys.modules]\n"
+            "import xnorpipe.gpu.onnx_runner, xnorpipe.commands.bench\n"
+            "bad = [m for m in ('tensorrt', 'cupy', 'cuda', 'triton') if m in sys.modules]\n"
             "print(bad); sys.exit(1 if bad else 0)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -107,13 +122,61 @@ def test_bench_style_instantiation_errors_are_xnorpipe_errors():
             assert HAS_CUDA, f"{name} constructed without a GPU"
 
 
+# ------------------------------------------------------------------ torch-xnor through bench
+
+
+def test_bench_runs_torch_xnor_on_the_cpu_interpreter(train_tree):
+    """`bench --engine torch-xnor` end to end without a GPU: --device cpu runs the Triton kernels
+    in Triton's interpreter; --xnor-form reaches torch-xnor; its logits match PyTorch's."""
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, "-m", "xnorpipe.cli", "bench", "--arch", "nin_xnornet", "--random-init",
+                        "--engine", "torch,torch-xnor", "--xnor-form", "packed", "--device", "cpu", "--iters", "1",
+                        "--warmup", "0", "--data", str(train_tree.path), "--test-subset", "4", "--batch-size", "2",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr
+    torch_row, xnor_row = (json.loads(line) for line in r.stdout.splitlines())
+    assert xnor_row["engine"] == "torch-xnor" and xnor_row["form"] == "packed"
+    assert xnor_row["gpu_kernels"] == "triton" and xnor_row["xnor_nodes"] == 7
+    assert xnor_row["device"].startswith("cpu") and xnor_row["p50_ms"] > 0
+    assert torch_row["engine"] == "torch"
+    assert xnor_row["images"] == 4 and xnor_row["agreement"] == 100.0 and xnor_row["median_abs_diff"] <= 1e-4
+
+
+def test_bench_gpu_options_are_one_line_errors():
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "xnorpipe.cli", "bench", "--arch", "nin_xnornet",
+                               "--random-init", "--iters", "1", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    r = bench("--engine", "torch-xnor", "--gpu-kernels", "cuda", "--xnor-form", "packed-bits")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "XnorConv2d only" in lines[0] and "ConvBinarize" in lines[0]  # the model, before any device
+    r = bench("--engine", "torch-xnor", "--gpu-kernels", "warp")
+    assert r.returncode != 0 and "warp" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_engine_forms_have_one_home():
+    from xnorpipe.bench import ENGINE_FORMS, XNOR_ENGINES, engine_forms
+
+    assert engine_forms() == ENGINE_FORMS
+    assert engine_forms(gpu_kernels="cuda")["torch-xnor"] == engine_forms(gpu_kernels="cuda")["trt"] == "packed"
+    assert engine_forms(gpu_kernels="cuda")["ort-xnor"] == ENGINE_FORMS["ort-xnor"]
+    assert all(engine_forms("packed")[e] == "packed" for e in XNOR_ENGINES)
+    assert engine_forms("packed-bits", "cuda")["torch-xnor"] == "packed-bits"  # then refused, in one line
+    assert engine_forms("packed")["ort"] == "portable"
+    with pytest.raises(XnorpipeError):
+        engine_forms("portable")
+
+
 # ------------------------------------------------------------------ on a GPU
 
 
-needs_gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+needs_cupy = pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 
 
-@needs_gpu
+@needs_cupy
 @pytest.mark.parametrize("kernel", ["auto", "popc"])
 @pytest.mark.parametrize("case", [
     dict(n=2, c=96, m=70, k=3, s=1, p=(1, 1, 1, 1), d=1, g=1, hw=(9, 10)),
@@ -137,16 +200,35 @@ def test_cuda_kernel_matches_reference(case, kernel):
     assert torch.equal(y, ref)
 
 
-@needs_gpu
-def test_torch_xnor_engine_matches_deploy_module():
+def _engine_vs_deploy_module(form, gpu_kernels, cuda_graphs):
     from xnorpipe.deploy.module import DeployModule
     from xnorpipe.runtime import engine_class
 
     model = _tiny_ir()
-    x = np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    eng = engine_class("torch-xnor")(model=model)
-    ref = DeployModule(model).cuda()(torch.from_numpy(x).cuda()).detach().cpu().numpy()
-    y = eng(x)
-    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4)  # same float layers; exact binary layer
-    assert (y.argmax(1) == ref.argmax(1)).all()
-    assert eng.describe()["binary_layers"] == 1
+    eng = engine_class("torch-xnor")(model=model, form=form, gpu_kernels=gpu_kernels, cuda_graphs=cuda_graphs)
+    module = DeployModule(model).cuda()
+    outputs = []
+    for seed in (1, 2, 1):  # a new input in the same captured shape, then the first again
+        x = np.random.default_rng(seed).standard_normal((4, 3, 8, 8)).astype(np.float32)
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(x).cuda()).cpu().numpy()
+        y = eng(x)
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4)  # same float layers; exact binary layers
+        assert (y.argmax(1) == ref.argmax(1)).all()
+        outputs.append(y)
+    assert not np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[0], outputs[2])
+    return eng
+
+
+@needs_gpu
+@pytest.mark.parametrize("form", ["packed", "packed-bits"])
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_torch_xnor_triton_matches_deploy_module(form, cuda_graphs):
+    pytest.importorskip("triton")
+    eng = _engine_vs_deploy_module(form, "triton", cuda_graphs)
+    assert eng.describe()["cuda_graphs"] == ("on" if cuda_graphs else "off")
+
+
+@needs_cupy
+def test_torch_xnor_cuda_kernel_matches_deploy_module():
+    _engine_vs_deploy_module("packed", "cuda", True)

@@ -19,9 +19,28 @@ import torch
 
 from xnorpipe.errors import XnorpipeError
 
-# The ONNX form each engine runs when the bench exports the model itself (ort-xnor: --xnor-form).
-ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed-bits", "trt": "packed", "torch-xnor": "packed"}
+# The ONNX form each engine runs when the bench exports the model itself. --xnor-form overrides
+# it for every engine of XNOR_ENGINES; --gpu-kernels cuda (the hand-written kernel implements
+# XnorConv2d only) makes the GPU engines' default the packed form.
+ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed-bits", "torch-xnor": "packed-bits", "trt": "packed"}
 XNOR_FORMS = ("packed", "packed-bits")
+XNOR_ENGINES = ("ort-xnor", "torch-xnor", "trt")
+GPU_KERNELS = ("triton", "cuda")  # --gpu-kernels: the kernels of torch-xnor and of trt's plugins
+CUDA_KERNEL_FORM = "packed"
+
+
+def engine_forms(xnor_form: str | None = None, gpu_kernels: str = "triton") -> dict[str, str]:
+    """engine -> the ONNX form it runs when the bench exports the model, for these options."""
+    if xnor_form is not None and xnor_form not in XNOR_FORMS:
+        raise XnorpipeError(f"unknown --xnor-form {xnor_form!r}; choose {' or '.join(XNOR_FORMS)}")
+    if gpu_kernels not in GPU_KERNELS:
+        raise XnorpipeError(f"unknown --gpu-kernels {gpu_kernels!r}; choose {' or '.join(GPU_KERNELS)}")
+    forms = dict(ENGINE_FORMS)
+    if gpu_kernels == "cuda":
+        forms.update({"torch-xnor": CUDA_KERNEL_FORM, "trt": CUDA_KERNEL_FORM})
+    if xnor_form is not None:
+        forms.update({e: xnor_form for e in XNOR_ENGINES})
+    return forms
 
 
 @dataclass
@@ -56,26 +75,39 @@ class BenchSources:
             self._tmp = None
 
 
-def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list[str]):
-    """The training model behind an ONNX file: --checkpoint, its random-init seed, or the default."""
+def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list[str], data: str | None = None):
+    """The training model behind an ONNX file: --checkpoint, its random init (seed and BatchNorm
+    calibration: synthetic, or the first training images of `data`), or the default checkpoint."""
+    from xnorpipe import sources
     from xnorpipe.checkpoint import default_checkpoint
-    from xnorpipe.deploy.fold import RANDOM_INIT_SEED, load_source_model
 
     arch = meta.get("xnorpipe.arch")
     if not arch:
         notes.append("the ONNX file has no xnorpipe.arch metadata: parity and the torch engine are skipped")
         return None, None
     if checkpoint is None and meta.get("xnorpipe.random_init") == "true":
-        if meta.get("xnorpipe.random_seed") != str(RANDOM_INIT_SEED):
-            notes.append("random-init export with an unknown seed: parity is skipped")
+        calibration = meta.get("xnorpipe.random_calibration", "")
+        if meta.get("xnorpipe.random_seed") != str(sources.RANDOM_INIT_SEED) or not (
+                calibration == f"synthetic:{sources.CALIBRATION_SEED}" or calibration.startswith("data:")):
+            notes.append("random-init export with an unknown seed or BatchNorm calibration (an older "
+                         "xnorpipe's?): parity is skipped")
             return arch, None
-        model, _ = load_source_model(arch, random_init=True)
-        return arch, model
+        if calibration.startswith("data:"):
+            if data is None:
+                notes.append("random-init export calibrated on a dataset's images: pass that dataset as "
+                             "--data to rebuild its reference; parity is skipped")
+                return arch, None
+            if sources.calibration_tag(sources.data_calibration_images(data), data) != calibration:
+                notes.append(f"random-init export calibrated on other images than --data's "
+                             f"({calibration[:17]}...): parity is skipped")
+                return arch, None
+            return arch, sources.load_source_model(arch, random_init=True, data=data)[0]
+        return arch, sources.load_source_model(arch, random_init=True)[0]
     if checkpoint is None and not default_checkpoint(arch).is_file():
         notes.append(f"no checkpoint for {arch} ({default_checkpoint(arch)}): parity is skipped; "
                      "pass --checkpoint")
         return arch, None
-    model, prov = load_source_model(arch, checkpoint)
+    model, prov = sources.load_source_model(arch, checkpoint)
     want = meta.get("xnorpipe.checkpoint_sha256")
     if want and want != prov["xnorpipe.checkpoint_sha256"]:
         notes.append(f"the reference checkpoint is not the one the ONNX file was exported from "
@@ -85,34 +117,41 @@ def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list
 
 def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                     onnx_path: str | None = None, random_init: bool = False,
-                    engines: Sequence[str] = (), xnor_form: str | None = None) -> BenchSources:
+                    engines: Sequence[str] = (), xnor_form: str | None = None,
+                    gpu_kernels: str = "triton", data: str | None = None) -> BenchSources:
     """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference.
 
-    `xnor_form` is the form ort-xnor runs when the bench exports (default packed-bits)."""
+    `data` (--data) calibrates a --random-init model's BatchNorm, as `xnorpipe export` does, and
+    rebuilds the reference of an --onnx random-init export calibrated on it.
+
+    `xnor_form` and `gpu_kernels` pick the forms the xnor engines run when the bench exports
+    (`engine_forms`)."""
     from xnorpipe.deploy import onnx_export
-    from xnorpipe.deploy.fold import fold_model, load_source_model
+    from xnorpipe.deploy.fold import fold_model
+    from xnorpipe.sources import load_source_model
 
     if (arch is None) == (onnx_path is None):
         raise XnorpipeError("give exactly one of --arch or --onnx")
-    if xnor_form is not None and xnor_form not in XNOR_FORMS:
-        raise XnorpipeError(f"unknown --xnor-form {xnor_form!r}; choose {' or '.join(XNOR_FORMS)}")
+    forms = engine_forms(xnor_form, gpu_kernels)
     if onnx_path is not None:
         if random_init:
             raise XnorpipeError("--random-init applies to --arch, not to --onnx")
-        meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path))
+        # metadata only: each engine loads the file itself, and the custom-op engines run it
+        # without function bodies too
+        meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path, custom_op_library=True))
         notes: list[str] = []
-        if xnor_form is not None and "ort-xnor" in engines:
-            notes.append(f"--xnor-form applies to --arch: ort-xnor runs {Path(onnx_path).name} "
+        xnor = [e for e in engines if e in XNOR_ENGINES]
+        if xnor_form is not None and xnor:
+            notes.append(f"--xnor-form applies to --arch: {', '.join(xnor)} run {Path(onnx_path).name} "
                          f"({meta.get('xnorpipe.form', 'form unknown')})")
-        arch, reference = _rebuild_reference(meta, checkpoint, notes)
+        arch, reference = _rebuild_reference(meta, checkpoint, notes, data)
         deploy = fold_model(reference, arch=arch) if reference is not None else None
         return BenchSources(arch=arch, deploy=deploy, reference=reference, given_onnx=str(onnx_path),
                             notes=notes)
-    reference, metadata = load_source_model(arch, checkpoint, random_init)
+    reference, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
     deploy = fold_model(reference, arch=arch, metadata=metadata)
     sources = BenchSources(arch=arch, deploy=deploy, reference=reference)
-    if xnor_form is not None:
-        sources.engine_forms["ort-xnor"] = xnor_form
+    sources.engine_forms = forms
     wanted = {sources.engine_forms[e] for e in engines if e in sources.engine_forms}
     if not onnx_export.has_binary_layers(deploy) and wanted - {"portable"}:
         wanted = {"portable"}
@@ -124,14 +163,20 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
 
 
 def create_engine(name: str, sources: BenchSources, *, threads: int | None, batch_size: int,
-                  device: str = "cpu"):
+                  device: str = "cpu", gpu_kernels: str = "triton", cuda_graphs: bool = True):
+    """Engine `name` on `sources`; `device` reaches torch and torch-xnor, `gpu_kernels` the GPU
+    engines, `cuda_graphs` torch-xnor."""
     from xnorpipe.runtime import engine_class
 
     cls = engine_class(name)
-    kwargs: dict[str, Any] = dict(model=sources.deploy, onnx_path=sources.onnx_for(name),
-                                  threads=threads, batch_size=batch_size)
-    if name == "torch":
+    kwargs: dict[str, Any] = {"model": sources.deploy, "onnx_path": sources.onnx_for(name),
+                              "threads": threads, "batch_size": batch_size}
+    if name in ("torch", "torch-xnor"):
         kwargs["device"] = device
+    if name in ("torch-xnor", "trt"):
+        kwargs["gpu_kernels"] = gpu_kernels
+    if name == "torch-xnor":
+        kwargs["cuda_graphs"] = cuda_graphs
     if name == "ort-xnor" and sources.given_onnx is None:
         kwargs["form"] = sources.engine_forms[name]
     return cls(**kwargs)
@@ -230,7 +275,8 @@ def load_test_set(path: str, subset: int | None = None) -> tuple[np.ndarray, np.
 
 def run_bench(engines: Sequence[str], sources: BenchSources, *, batch_size: int, iters: int,
               warmup: int, threads: int | None = None, data: np.ndarray | None = None,
-              labels: np.ndarray | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+              labels: np.ndarray | None = None, device: str = "cpu", gpu_kernels: str = "triton",
+              cuda_graphs: bool = True) -> list[dict[str, Any]]:
     """One result dict per engine, in order; parity columns when data and a reference exist."""
     if threads:
         torch.set_num_threads(threads)
@@ -239,7 +285,8 @@ def run_bench(engines: Sequence[str], sources: BenchSources, *, batch_size: int,
         ref = reference_logits(sources.reference, data)
     results = []
     for name in engines:
-        engine = create_engine(name, sources, threads=threads, batch_size=batch_size, device=device)
+        engine = create_engine(name, sources, threads=threads, batch_size=batch_size, device=device,
+                               gpu_kernels=gpu_kernels, cuda_graphs=cuda_graphs)
         r = bench_engine(engine, batch_size=batch_size, iters=iters, warmup=warmup,
                          data=data, labels=labels, ref=ref)
         r["arch"] = sources.arch

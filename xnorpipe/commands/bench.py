@@ -24,24 +24,32 @@ from xnorpipe.commands import options
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
               help="Untimed runs before timing.")
 @click.option("--xnor-form", type=click.Choice(["packed", "packed-bits"]), default=None,
-              help="The ONNX form ort-xnor runs with --arch: packed-bits (bit-packed activations "
-              "between binary layers) or packed.  [default: packed-bits]")
+              help="The ONNX form the xnor engines (ort-xnor, torch-xnor, trt) run with --arch: "
+              "packed-bits (bit-packed activations between binary layers) or packed.  [default: "
+              "packed-bits for ort-xnor and torch-xnor, packed for trt and with --gpu-kernels cuda]")
+@click.option("--gpu-kernels", type=click.Choice(["triton", "cuda"]), default="triton", show_default=True,
+              help="Kernels of torch-xnor and of trt's plugins: triton (every xnorpipe op) or cuda "
+              "(the hand-written XnorConv2d kernel, packed form only; torch-xnor loads it with CuPy).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="torch-xnor on CUDA: capture one CUDA graph per input shape and replay it.")
 @options.device(("cpu", "cuda", "auto"))
 @options.json_output()
 def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
-          threads, iters, warmup, xnor_form, device, as_json):
+          threads, iters, warmup, xnor_form, gpu_kernels, cuda_graphs, device, as_json):
     """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
     from xnorpipe import bench as lib
 
     names = lib.read_engine_list(engines)
     sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
-                                  random_init=random_init, engines=names, xnor_form=xnor_form)
+                                  random_init=random_init, engines=names, xnor_form=xnor_form,
+                                  gpu_kernels=gpu_kernels, data=data)
     try:
         images = labels = None
         if data:
             images, labels = lib.load_test_set(data, test_subset)
         results = lib.run_bench(names, sources, batch_size=batch_size, iters=iters, warmup=warmup,
-                                threads=threads, data=images, labels=labels, device=device)
+                                threads=threads, data=images, labels=labels, device=device,
+                                gpu_kernels=gpu_kernels, cuda_graphs=cuda_graphs)
     finally:
         sources.close()
     if as_json:

@@ -1,7 +1,7 @@
 """Pure-Python launch arithmetic of the CUDA XnorConv2d kernels (plugins/cuda/xnor_conv2d.cu).
 
 Shared by the CuPy launcher (runtime/torch_xnor.py) and the TensorRT AOT plugin
-(trt_plugin.py), and tested without a GPU. The constants mirror the #defines of the kernel.
+(gpu/trt_plugin.py), and tested without a GPU. The constants mirror the #defines of the kernel.
 """
 
 from __future__ import annotations

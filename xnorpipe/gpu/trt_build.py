@@ -1,12 +1,15 @@
 """Build TensorRT engines from xnorpipe's ONNX exports.
 
-Portable ONNX builds with stock TensorRT; packed ONNX needs the `xnorpipe::XnorConv2d`
-plugin (xnorpipe.trt_plugin, TensorRT >= 10.9), whose AOT kernel is baked into the engine.
-TensorRT is imported lazily, with one-line errors naming what is missing.
+Portable ONNX builds with stock TensorRT. The packed and packed-bits forms need xnorpipe's
+plugins (xnorpipe.gpu.trt_plugin, TensorRT >= 10.9), whose AOT kernels (Triton's, or with
+--gpu-kernels cuda the hand-written XnorConv2d kernel) are baked into the engine;
+`prepare_onnx` first splits the fused float layers of packed-bits into standard ops that
+TensorRT runs natively. TensorRT is imported lazily, with one-line errors naming what is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ def import_tensorrt():
     except ImportError:
         raise XnorpipeError(f"TensorRT is not installed (no `tensorrt` Python package; needs >= "
                             f"{MIN_PLUGIN_TRT[0]}.{MIN_PLUGIN_TRT[1]}): {TRT_INSTALL_HINT}") from None
-    except Exception as e:  # e.g. the PyPI stub without NVIDIA's index, or missing libnvinfer
+    except Exception as e:  # noqa: BLE001  e.g. the PyPI stub without NVIDIA's index, or no libnvinfer
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise XnorpipeError(f"TensorRT failed to import: {msg}") from None
     if not hasattr(trt, "Builder"):
@@ -50,9 +53,9 @@ def require_gpu(what: str) -> None:
         raise XnorpipeError(f"{what} needs an NVIDIA GPU: {problem}")
 
 
-def require_plugin_api(trt) -> None:
+def require_plugin_api(trt, gpu_kernels: str = "triton") -> None:
     if _version(trt.__version__) < MIN_PLUGIN_TRT:
-        raise XnorpipeError(f"packed ONNX needs the xnorpipe::XnorConv2d plugin, which needs TensorRT >= "
+        raise XnorpipeError(f"packed ONNX needs xnorpipe's TensorRT plugins, which need TensorRT >= "
                             f"{MIN_PLUGIN_TRT[0]}.{MIN_PLUGIN_TRT[1]} (tensorrt.plugin); found "
                             f"{trt.__version__}. Use the portable ONNX, or upgrade TensorRT")
     try:
@@ -60,49 +63,141 @@ def require_plugin_api(trt) -> None:
     except ImportError:
         raise XnorpipeError(f"TensorRT {trt.__version__} lacks tensorrt.plugin (quickly deployable "
                             "plugins); use the portable ONNX") from None
+    if gpu_kernels == "triton" and importlib.util.find_spec("triton") is None:
+        raise XnorpipeError("the TensorRT plugins compile xnorpipe's Triton kernels at build time: "
+                            "pip install triton (or --gpu-kernels cuda for the packed form)")
 
 
-def refuse_bit_ops(model, path: str | os.PathLike) -> None:
-    """TensorRT's plugin implements XnorConv2d only: a model with any other xnorpipe op (the
-    packed-bits form) gets a one-line error before TensorRT is even imported."""
-    from xnorpipe.deploy.onnx_export import OP_NAME, custom_op_types
-
-    others = [op for op in custom_op_types(model) if op != OP_NAME]
-    if others:
-        raise XnorpipeError(f"{path} uses bit-packed activations ({', '.join('xnorpipe::' + op for op in others)}): "
-                            "the TensorRT plugin implements XnorConv2d only; export --form packed for TensorRT")
+GPU_KERNELS = ("triton", "cuda")
+# fused float layers that prepare_onnx splits into standard ops + xnorpipe::Binarize
+SPLIT_OPS = ("ConvBinarize", "AvgPoolBinarize")
 
 
-# The contract's attribute defaults: the plugin receives every attribute explicitly.
-ATTR_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
+def check_plugin_ops(model, path: str | os.PathLike, gpu_kernels: str = "triton") -> None:
+    """One-line XnorpipeError, before TensorRT is imported, for a model the plugins cannot build:
+    an xnorpipe op without a plugin, or any op but XnorConv2d with --gpu-kernels cuda."""
+    from xnorpipe.deploy.onnx_export import DOMAIN
+    from xnorpipe.gpu.trt_plugin import PLUGIN_ATTRS
+
+    if gpu_kernels not in GPU_KERNELS:
+        raise XnorpipeError(f"unknown --gpu-kernels {gpu_kernels!r}; choose {' or '.join(GPU_KERNELS)}")
+    ops = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    unknown = [op for op in ops if op not in PLUGIN_ATTRS and op not in SPLIT_OPS]
+    if unknown:
+        raise XnorpipeError(f"{path}: no TensorRT plugin for {', '.join('xnorpipe::' + op for op in unknown)}")
+    if gpu_kernels == "cuda":
+        others = [op for op in ops if op != "XnorConv2d"]
+        if others:
+            raise XnorpipeError(f"{path} uses bit-packed activations ({', '.join('xnorpipe::' + op for op in others)}):"
+                                " --gpu-kernels cuda (the hand-written kernel) implements XnorConv2d only; use "
+                                "--gpu-kernels triton, or export --form packed")
 
 
-def prepare_onnx(model) -> int:
-    """Mark every XnorConv2d node for TensorRT's plugin importer (namespace, AOT, explicit
-    default attributes); returns how many there are. The model is modified in place."""
+def _attr_dict(node) -> dict:
     from onnx import helper
 
-    from xnorpipe.deploy.onnx_export import DOMAIN, OP_NAME
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
+
+def _split_fused(node) -> list:
+    """ConvBinarize -> Conv (+ Relu) + Binarize; AvgPoolBinarize -> AveragePool + Binarize.
+    The standard ops keep the node's attributes; Binarize keeps its name and output."""
+    from onnx import helper
+
+    from xnorpipe.deploy.onnx_export import DOMAIN
+
+    at = _attr_dict(node)
+    base = node.name or node.output[0]
+    keep = ("kernel_shape", "strides", "pads") + (("dilations", "group") if node.op_type == "ConvBinarize" else ())
+    std = {k: at[k] for k in keep if k in at}
+    if node.op_type == "ConvBinarize":
+        if len(node.input) != 4:
+            raise XnorpipeError(f"node {base!r} (xnorpipe::ConvBinarize) has {len(node.input)} inputs, expected 4")
+        y = f"{node.output[0]}.conv"
+        out = [helper.make_node("Conv", list(node.input[:3]), [y], name=f"{base}.conv", **std)]
+        if int(at.get("relu", 0)):
+            out.append(helper.make_node("Relu", [y], [f"{y}.relu"], name=f"{base}.relu"))
+            y = f"{y}.relu"
+        threshold = node.input[3]
+    else:
+        if len(node.input) != 2:
+            raise XnorpipeError(f"node {base!r} (xnorpipe::AvgPoolBinarize) has {len(node.input)} inputs, "
+                                "expected 2")
+        y = f"{node.output[0]}.pool"
+        out = [helper.make_node("AveragePool", [node.input[0]], [y], name=f"{base}.pool", count_include_pad=1,
+                                **std)]
+        threshold = node.input[1]
+    out.append(helper.make_node("Binarize", [y, threshold], list(node.output), name=base, domain=DOMAIN))
+    return out
+
+
+def _mark_plugin_node(node, gpu_kernels: str) -> None:
+    """The node's attributes, in the plugin's order with explicit defaults, then the parser's
+    plugin_namespace and aot."""
+    from onnx import helper
+
+    from xnorpipe.gpu.trt_plugin import ATTR_DEFAULTS, PLUGIN_ATTRS, PLUGIN_INPUTS, PLUGIN_NAMESPACE
+
+    label = f"node {node.name or node.output[0]!r} (xnorpipe::{node.op_type})"
+    if len(node.input) != PLUGIN_INPUTS[node.op_type] or len(node.output) != 1:
+        raise XnorpipeError(f"{label} has {len(node.input)} inputs and {len(node.output)} outputs; the plugin "
+                            f"takes {PLUGIN_INPUTS[node.op_type]} and gives 1")
+    at = {k: v for k, v in _attr_dict(node).items() if k not in ("plugin_namespace", "aot")}
+    names = PLUGIN_ATTRS[node.op_type]
+    extra = sorted(set(at) - set(names))
+    if extra:
+        raise XnorpipeError(f"{label} has attribute(s) {', '.join(extra)} that its TensorRT plugin does not take")
+    if "cuda_kernel" in names:
+        at["cuda_kernel"] = int(gpu_kernels == "cuda")
+    values = []
+    for name in names:
+        if name in at:
+            values.append(at[name])
+        elif name in ATTR_DEFAULTS:
+            values.append(ATTR_DEFAULTS[name])
+        else:
+            raise XnorpipeError(f"{label} lacks the required attribute {name}")
+    del node.attribute[:]
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in zip(names, values))
+    node.attribute.extend([helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
+                           helper.make_attribute("aot", 1)])
+
+
+def prepare_onnx(model, gpu_kernels: str = "triton") -> int:
+    """Make an xnorpipe export buildable by TensorRT with xnorpipe's plugins (in place): split
+    ConvBinarize and AvgPoolBinarize into standard ops + xnorpipe::Binarize, give every xnorpipe
+    node its plugin's attributes in the plugin's order (defaults explicit; `cuda_kernel` on
+    XnorConv2d says which kernel) plus `plugin_namespace` and `aot`, and keep the model-local
+    functions the nodes now use, so stock ONNX Runtime still runs the result. Returns the
+    number of plugin nodes."""
+    from xnorpipe.deploy.onnx_export import DOMAIN, functions_for
+
+    check_plugin_ops(model, model.graph.name or "the model", gpu_kernels)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    nodes = []
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type in SPLIT_OPS:
+            nodes.extend(_split_fused(node))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     count = 0
     for node in model.graph.node:
-        if node.domain == DOMAIN and node.op_type == OP_NAME:
+        if node.domain == DOMAIN:
+            _mark_plugin_node(node, gpu_kernels)
             count += 1
-            keep = [a for a in node.attribute if a.name not in ("plugin_namespace", "aot")]
-            present = {a.name for a in keep}
-            del node.attribute[:]
-            node.attribute.extend(keep)
-            node.attribute.extend(helper.make_attribute(k, v) for k, v in ATTR_DEFAULTS.items()
-                                  if k not in present)
-            node.attribute.extend([helper.make_attribute("plugin_namespace", DOMAIN),
-                                   helper.make_attribute("aot", 1)])
+    if model.functions:
+        ops = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
+        del model.functions[:]
+        model.functions.extend(functions_for(ops, opset))
     return count
 
 
 @dataclass
 class BuildResult:
     engine: bytes
-    plugin_nodes: int  # XnorConv2d nodes in the ONNX
+    plugin_nodes: int  # xnorpipe nodes (plugins) in the prepared ONNX
     plugin_layers: int  # plugin layers in the parsed network
     input_name: str
     profile: tuple[int, int, int] | None  # batch min/opt/max, None for a static batch
@@ -110,14 +205,19 @@ class BuildResult:
     seconds: float
     fp16: bool = False
     form: str | None = None  # xnorpipe.form of the ONNX file
+    gpu_kernels: str = "triton"  # the plugins' kernels
     warnings: list[str] = field(default_factory=list)
 
 
 def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
                             workspace_mb: int | None = None,
                             timing_cache: str | os.PathLike | None = None, opt_batch: int = 1,
-                            max_batch: int = 256, verbose: bool = False) -> BuildResult:
+                            max_batch: int = 256, verbose: bool = False,
+                            gpu_kernels: str = "triton") -> BuildResult:
     """Parse an xnorpipe ONNX export and build a serialized engine (not written anywhere).
+
+    `gpu_kernels`: the plugins' kernels, "triton" (every op) or "cuda" (the hand-written
+    XnorConv2d kernel: the packed form only).
 
     Batch profile: min 1, opt `opt_batch`, max `max_batch` when the ONNX batch is dynamic.
     The timing cache, when given, is read if it exists and written back atomically.
@@ -126,16 +226,17 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
     from xnorpipe.utils import atomic_write_bytes
 
     onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)  # one-line errors for missing/corrupt files
-    refuse_bit_ops(model, onnx_path)
+    model = load_onnx(onnx_path, custom_op_library=True)  # one-line errors; plugins need no bodies
+    check_plugin_ops(model, onnx_path, gpu_kernels)  # before TensorRT: one line, no GPU needed
     trt = import_tensorrt()
     require_gpu("building a TensorRT engine")
-    plugin_nodes = prepare_onnx(model)
+    plugin_nodes = prepare_onnx(model, gpu_kernels)
     if plugin_nodes:
-        require_plugin_api(trt)
-        from xnorpipe.trt_plugin import register_plugin
+        require_plugin_api(trt, gpu_kernels)
+        from xnorpipe.gpu import trt_plugin
 
-        register_plugin()
+        trt_plugin.register_plugins()
+        trt_plugin.last_error = None
 
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
@@ -170,7 +271,7 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise XnorpipeError(f"--fp16: TensorRT {trt.__version__} builds strongly typed networks only "
                                 "(no FP16 builder flag)")
-        config.set_flag(trt.BuilderFlag.FP16)  # XnorConv2d stays FP32: its autotune allows only FP32
+        config.set_flag(trt.BuilderFlag.FP16)  # the plugins stay FP32/INT32: their autotune allows only those
     cache = None
     if timing_cache is not None:
         tc = Path(timing_cache)
@@ -178,11 +279,16 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise XnorpipeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+        why = "see its log above"
+        if plugin_nodes:
+            from xnorpipe.gpu import trt_plugin
+
+            why = trt_plugin.last_error or why
+        raise XnorpipeError(f"TensorRT failed to build an engine from {onnx_path} ({why})")
     engine = bytes(memoryview(serialized))
     if cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return BuildResult(engine=engine, plugin_nodes=plugin_nodes, plugin_layers=plugin_layers,
                        input_name=inp.name, profile=profile_batch, trt_version=trt.__version__,
                        seconds=time.perf_counter() - t0, fp16=fp16,
-                       form=model_metadata(model).get("xnorpipe.form"))
+                       form=model_metadata(model).get("xnorpipe.form"), gpu_kernels=gpu_kernels)

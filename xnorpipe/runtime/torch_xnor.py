@@ -1,15 +1,19 @@
-"""`torch-xnor` engine: the deploy IR on a CUDA GPU, binary layers on xnorpipe's own kernels.
+"""`torch-xnor` engine: an exported packed or packed-bits ONNX model run through PyTorch on a
+CUDA GPU, its xnorpipe ops on xnorpipe's own kernels (xnorpipe.gpu.onnx_runner).
 
-Float layers (conv, pools, shuffle, flatten) run as the PyTorch deploy module does; every
-BinaryConv runs the fused CUDA kernel of plugins/cuda (binarize + binary implicit GEMM +
-scale/bias/relu in one launch), loaded from the built cubin/PTX with CuPy and launched on
-PyTorch's current stream with the tensors' own device pointers (no copies).
+Kernel sets (`gpu_kernels`): "triton" (default, every xnorpipe op, no CuPy needed) or "cuda",
+the hand-written fused XnorConv2d kernel of plugins/cuda (binarize + binary implicit GEMM +
+scale/bias/relu in one launch; the packed form only), loaded from the built cubin/PTX with
+CuPy and launched on PyTorch's current stream with the tensors' own device pointers. On CUDA
+the engine captures one CUDA graph per input shape (`cuda_graphs`), so a call is one replay.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +30,7 @@ def _first_line(e: BaseException) -> str:
 
 def _require_cuda() -> None:
     if not torch.cuda.is_available():
-        raise XnorpipeError("the torch-xnor engine needs a CUDA GPU: this PyTorch sees none "
+        raise XnorpipeError("the hand-written CUDA kernel needs a CUDA GPU: this PyTorch sees none "
                             "(torch.cuda.is_available() is False)")
 
 
@@ -34,9 +38,9 @@ def _cupy():
     try:
         import cupy
     except ImportError:
-        raise XnorpipeError("the torch-xnor engine needs CuPy to load its CUDA kernels: "
-                            "pip install cupy-cuda12x (or cupy-cuda13x)") from None
-    except Exception as e:  # e.g. a CuPy built for another CUDA major version
+        raise XnorpipeError("--gpu-kernels cuda needs CuPy to load the hand-written CUDA kernel: "
+                            "pip install cupy-cuda12x (or cupy-cuda13x), or use --gpu-kernels triton") from None
+    except Exception as e:  # noqa: BLE001  e.g. a CuPy built for another CUDA major version
         raise XnorpipeError(f"CuPy failed to import: {_first_line(e)}") from None
     return cupy
 
@@ -75,7 +79,7 @@ class CudaKernels:
                 self.module = cupy.RawModule(path=self.path)
                 for name in self.kernel_names():  # load now: errors here, not mid-inference
                     self.module.get_function(name)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  CuPy/driver errors have no common base
             raise XnorpipeError(f"cannot load {self.path} on {torch.cuda.get_device_name(device_index)}: "
                                 f"{_first_line(e)}") from None
         self._streams: dict[int, Any] = {}
@@ -190,66 +194,106 @@ def xnor_conv2d_cuda(x: torch.Tensor, w_packed, threshold, scale, bias,
     return y
 
 
-class CudaBinaryConv(torch.nn.Module):
-    """One BinaryConv of the IR on the CUDA kernel (operands converted once)."""
+FORMS = ("packed", "packed-bits")
+MAX_GRAPHS = 8  # captured input shapes per engine; further shapes run eagerly
 
-    def __init__(self, layer, kernel: str = "auto"):
-        super().__init__()
-        self.register_buffer("weight_bits", torch.from_numpy(np.ascontiguousarray(layer.weight_bits, np.int32)))
-        for name in ("threshold", "scale", "bias"):
-            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(getattr(layer, name), np.float32).reshape(-1)))
-        if tuple(layer.weight_bits.shape[1:3]) != tuple(layer.kernel_shape):
-            raise XnorpipeError(f"BinaryConv weights {layer.weight_bits.shape} do not match kernel {layer.kernel_shape}")
-        try:
-            self.attrs = _plan.conv_attrs(layer.kernel_shape, layer.strides, layer.pads,
-                                          layer.dilations, layer.group, layer.relu)
-        except ValueError as e:
-            raise XnorpipeError(str(e)) from None
-        self.kernel = kernel
-        self._plans: dict[tuple[int, ...], _plan.LaunchPlan] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        key = tuple(x.shape)
-        p = self._plans.get(key)
-        if p is None:
-            _check_operands(x, self.weight_bits, self.threshold, self.scale, self.bias, self.attrs.group)
-            p = self._plans[key] = _plan_for(key, self.weight_bits.shape[0], self.attrs)
-        y = torch.empty(p.out_shape, dtype=torch.float32, device=x.device)
-        if y.numel():
-            cuda_kernels(x.device).launch(self.kernel, p, (x, self.weight_bits, self.threshold,
-                                                           self.scale, self.bias), y)
-        return y
+def resolve_device(device: str, gpu_kernels: str = "triton") -> torch.device:
+    """--device for torch-xnor: CUDA, or explicitly the CPU, where the Triton kernels run in
+    Triton's interpreter (slow: a test mode)."""
+    if device in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            hint = ("; --device cpu runs the Triton kernels in Triton's interpreter (slow, a test mode)"
+                    if device == "auto" and gpu_kernels == "triton" else "")
+            raise XnorpipeError(f"the torch-xnor engine needs a CUDA GPU: this PyTorch ({torch.__version__}) "
+                                f"sees none{hint}")
+        return torch.device("cuda", torch.cuda.current_device())
+    if device == "cpu":
+        if gpu_kernels != "triton":
+            raise XnorpipeError(f"--gpu-kernels {gpu_kernels} runs on a CUDA GPU only, not --device cpu")
+        return torch.device("cpu")
+    raise XnorpipeError(f"unknown device {device!r} for torch-xnor; choose auto, cuda or cpu")
 
 
 class TorchXnorEngine(Engine):
     name = "torch-xnor"
     device = "cuda"
+    form = "packed-bits"  # the form emitted from a DeployModel; "packed" with gpu_kernels="cuda"
+    forms = FORMS
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
-                 batch_size: int = 1, kernel: str = "auto", **options: Any) -> None:
-        if model is None:
-            raise XnorpipeError("the torch-xnor engine needs the model itself (--arch or a checkpoint), "
-                                "not only an ONNX file")
-        _require_cuda()
-        from xnorpipe.deploy import ir
-        from xnorpipe.deploy.module import DeployModule
+                 batch_size: int = 1, device: str = "auto", gpu_kernels: str = "triton",
+                 form: str | None = None, cuda_graphs: bool = True, **options: Any) -> None:
+        from xnorpipe.deploy import onnx_export
+        from xnorpipe.gpu.onnx_runner import KERNEL_SETS, OnnxRunner, check_supported
 
-        self.dev = torch.device("cuda", torch.cuda.current_device())
-        self.kernels = cuda_kernels(self.dev)
-        self.kernel_name = self.kernels.kernel_name(kernel)
-        module = DeployModule(model)
-        # Same float layers as the deploy module; binary ones swapped for the CUDA kernel.
-        for i, layer in enumerate(model.layers):
-            if isinstance(layer, ir.BinaryConv):
-                module.layers[i] = CudaBinaryConv(layer, kernel)
-        self.module = module.to(self.dev).eval()
-        self.binary_layers = sum(isinstance(layer, ir.BinaryConv) for layer in model.layers)
+        if gpu_kernels not in KERNEL_SETS:
+            raise XnorpipeError(f"unknown --gpu-kernels {gpu_kernels!r}; choose {' or '.join(KERNEL_SETS)}")
+        if form is not None and form not in self.forms:
+            raise XnorpipeError(f"engine torch-xnor runs the {' or '.join(self.forms)} form, not {form!r}")
+        if onnx_path is not None:
+            proto = onnx_export.load_onnx(onnx_path, custom_op_library=True)  # runs the ops itself
+            source = str(onnx_path)
+        elif model is not None:
+            form = form or ("packed" if gpu_kernels == "cuda" else self.form)
+            if not onnx_export.has_binary_layers(model):
+                raise XnorpipeError(f"engine torch-xnor needs binary layers; {model.arch} is a float arch: "
+                                    "use --engine torch")
+            proto = onnx_export.build_onnx(model, form)
+            source = f"<{model.arch}.{form} in memory>"
+        else:
+            raise XnorpipeError("engine torch-xnor needs an ONNX file (--onnx) or a model (--arch)")
+        if onnx_export.count_custom_nodes(proto) == 0:
+            raise XnorpipeError(f"engine torch-xnor needs a packed or packed-bits model (xnorpipe::XnorConv2d "
+                                f"nodes); {source} has none: use --engine torch or ort for it")
+        check_supported(proto, gpu_kernels, source)  # model errors first: they need no GPU to report
+        self.dev = resolve_device(device, gpu_kernels)
+        self.device = self.dev.type
+        if threads and self.dev.type == "cpu":
+            torch.set_num_threads(threads)
+        self.source = source
+        self.model_form = onnx_export.model_form(proto)
+        self.runner = OnnxRunner(proto, device=self.dev, kernels=gpu_kernels, source=source)
+        self.cuda_graphs = bool(cuda_graphs) and self.dev.type == "cuda"
+        self._graphs: dict[tuple[int, ...], Any] = {}
+        self.graph_error: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """CUDA tensor in, CUDA tensor out, asynchronous on the current stream."""
-        with torch.inference_mode():
-            return self.module(x)
+        """A float32 tensor on the engine's device in, logits out (asynchronous on CUDA)."""
+        x = x.to(self.dev, torch.float32)
+        if not self.cuda_graphs:
+            return self.runner(x)
+        key = tuple(x.shape)
+        captured = self._graphs.get(key)
+        if captured is None and len(self._graphs) < MAX_GRAPHS:
+            captured = self._graphs[key] = self._capture(x)
+        if not captured:
+            return self.runner(x)
+        static_in, graph, static_out = captured
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()  # the next replay overwrites static_out
+
+    def _capture(self, x: torch.Tensor):
+        """(input buffer, graph, output buffer) for x's shape, or False when capture fails."""
+        static_in = x.clone()
+        side = torch.cuda.Stream(self.dev)
+        side.wait_stream(torch.cuda.current_stream(self.dev))
+        with torch.cuda.stream(side):  # compile kernels and pick cuDNN algorithms outside capture
+            for _ in range(2):
+                self.runner(static_in)
+        torch.cuda.current_stream(self.dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_out = self.runner(static_in)
+        except (RuntimeError, XnorpipeError) as e:
+            torch.cuda.synchronize(self.dev)
+            self.graph_error = _first_line(e)
+            warnings.warn(f"torch-xnor: CUDA graph capture failed ({self.graph_error}); running eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return False
+        return static_in, graph, static_out
 
     def __call__(self, x) -> np.ndarray:
         if isinstance(x, torch.Tensor):
@@ -257,12 +301,18 @@ class TorchXnorEngine(Engine):
         else:
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.dev)
         y = self.forward(xt)
-        torch.cuda.synchronize(self.dev)
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
         return y.cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        cap = self.kernels.capability
-        return {"engine": self.name, "device": torch.cuda.get_device_name(self.dev),
-                "compute_capability": f"{cap[0]}.{cap[1]}", "kernel": self.kernel_name,
-                "kernel_file": self.kernels.path, "binary_layers": self.binary_layers,
-                "runtime": f"torch {torch.__version__} + cupy {self.kernels.cupy.__version__}"}
+        d = {"engine": self.name, "runtime": f"torch {torch.__version__}", "model": self.source,
+             "form": self.model_form, **self.runner.describe()}
+        if self.dev.type == "cuda":
+            cap = torch.cuda.get_device_capability(self.dev)
+            d.update(device=torch.cuda.get_device_name(self.dev), compute_capability=f"{cap[0]}.{cap[1]}",
+                     cuda_graphs=("off" if not self.cuda_graphs else
+                                  f"failed: {self.graph_error}" if self.graph_error else "on"))
+        else:
+            d.update(device="cpu (Triton interpreter)")
+        return d

@@ -1,9 +1,10 @@
 """`trt` engine: TensorRT on a CUDA GPU.
 
-`onnx_path` is an ONNX export (built in memory: portable with stock layers, packed with the
-xnorpipe::XnorConv2d AOT plugin; packed-bits is refused: the plugin implements XnorConv2d
-only) or a serialized engine from `xnorpipe build-engine` (.engine / .plan). Device memory
-and the stream are PyTorch's. TensorRT is imported lazily.
+`onnx_path` is an ONNX export (built in memory: portable with stock layers, packed and
+packed-bits with xnorpipe's AOT plugins, xnorpipe.gpu.trt_plugin; `gpu_kernels="cuda"` puts the
+hand-written XnorConv2d kernel in them, packed form only) or a serialized engine from
+`xnorpipe build-engine` (.engine / .plan). Device memory and the stream are PyTorch's.
+TensorRT is imported lazily.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ class TrtEngine(Engine):
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, fp16: bool = False, max_batch: int | None = None,
                  workspace_mb: int | None = None, timing_cache: str | None = None,
-                 **options: Any) -> None:
+                 gpu_kernels: str = "triton", **options: Any) -> None:
         from xnorpipe.deploy.onnx_export import load_onnx
-        from xnorpipe.gpu.trt_build import (build_serialized_engine, import_tensorrt, refuse_bit_ops,
-                                            require_gpu)
+        from xnorpipe.gpu.trt_build import build_serialized_engine, check_plugin_ops, import_tensorrt, require_gpu
 
         if onnx_path is None:
             raise XnorpipeError("the trt engine needs --onnx: an ONNX export or a serialized "
@@ -38,7 +38,7 @@ class TrtEngine(Engine):
         if not path.is_file():
             raise XnorpipeError(f"file not found: {path}")
         if path.suffix.lower() == ".onnx":
-            refuse_bit_ops(load_onnx(path), path)
+            check_plugin_ops(load_onnx(path, custom_op_library=True), path, gpu_kernels)  # before TensorRT
         trt = import_tensorrt()
         require_gpu("the trt engine")
         import torch
@@ -53,7 +53,8 @@ class TrtEngine(Engine):
         if path.suffix.lower() == ".onnx":
             self.built = build_serialized_engine(path, fp16=fp16, workspace_mb=workspace_mb,
                                                  timing_cache=timing_cache, opt_batch=batch_size,
-                                                 max_batch=max(max_batch or 256, batch_size))
+                                                 max_batch=max(max_batch or 256, batch_size),
+                                                 gpu_kernels=gpu_kernels)
             data = self.built.engine
         elif path.suffix.lower() in ENGINE_SUFFIXES:
             data = path.read_bytes()
@@ -119,5 +120,6 @@ class TrtEngine(Engine):
              "max_batch": self.max_batch}
         if self.built is not None:
             d.update(plugin_layers=self.built.plugin_layers, fp16=self.built.fp16,
-                     build_seconds=round(self.built.seconds, 1), form=self.built.form)
+                     build_seconds=round(self.built.seconds, 1), form=self.built.form,
+                     gpu_kernels=self.built.gpu_kernels)
         return d
