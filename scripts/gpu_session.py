@@ -6,18 +6,28 @@ no TensorRT. Parts, most valuable first, each isolated (an exception is reported
 runs) and each written to OUT/gpu_session.json and OUT/gpu_session.md as soon as it ends, so a
 timeout still leaves every finished part:
   a. exactness: the Triton kernels on the GPU against xnorpipe.deploy.reference on the
-     interpreter tests' random cases (xnorpipe.gpu.kernel_cases), and the hand-written CUDA
-     kernel (built here with nvcc, loaded with CuPy) on their XnorConv2d cases;
+     interpreter tests' random cases (xnorpipe.gpu.kernel_cases), every convolution with both
+     algorithms ("popcount" and "dot"), and the hand-written CUDA kernel (built here with nvcc,
+     loaded with CuPy) on their XnorConv2d cases;
   b. nin_xnornet parity on CUDA against the PyTorch model on the CIFAR-10 test set (top-1
      agreement, median and max |logit difference|), torch-xnor packed and packed-bits, from
      checkpoints/cifar10_nin_xnornet_best.pth.tar if present, else a BN-calibrated random init;
   c. timings at batch 1, 64 and 256 (CUDA events, warm-up, medians; CUDA graphs): each binary
-     layer on Triton (and the CUDA kernel) against cuDNN on the same float conv in FP32, TF32
-     and FP16; the whole network on torch-xnor against the float graph on cuDNN;
+     layer on Triton, both algorithms, float in and bits in (and the CUDA kernel) against cuDNN
+     on the same float conv in FP32, TF32 and FP16; a tile sweep of the dot algorithm per layer
+     (`config=`: BLOCK_M, BLOCK_P, BLOCK_K, num_warps, num_stages) at batch 256, whose best
+     configuration per layer is what the tile table should say; the whole network on
+     torch-xnor against the float graph on cuDNN;
   d. training: the seed's recipe for nin_xnornet (--amp, data on the GPU) under a wall-clock
      cap, images/s, epochs and best top-1; the checkpoint is copied to OUT;
   b2. part b again on the checkpoint part d wrote, when time is left.
 Exit status 1 when an exactness or parity check fails or a part crashes.
+
+Triton compiles every kernel configuration the first time it runs (a second or two each, on
+one core): the session's 60-odd exactness configurations and 200-odd sweep configurations would
+not fit its minutes compiled one by one. A compile farm (`CompileFarm`, worker processes)
+compiles them ahead, in the order the parts need them, into Triton's on-disk cache, where the
+session's own launches find them.
 
 `--dry-run` runs every step on the CPU with tiny sizes (the Triton kernels in Triton's
 interpreter, a few images, one short epoch on a subset, float timings on the CPU), so a GPU
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -69,21 +80,28 @@ class Plan:
     cuda_archs: tuple[int, ...]
     train_args: tuple[str, ...]
     budgets: tuple[tuple[str, float], ...]  # part -> share of the time left when it starts
+    compile_workers: int  # processes of the compile farm (at most the CPUs less 4)
+    sweep_batch: int  # the dot tile sweep's batch
+    sweep_configs: int | None  # configurations swept per layer and op (None: all of SWEEP)
+    sweep_iters: int
+    sweep_reps: int
 
 
-GPU_PLAN = Plan(device="cuda", random_cases=300, layer_cases=22, parity_images=None, parity_batch=500,
+GPU_PLAN = Plan(device="cuda", random_cases=300, layer_cases=24, parity_images=None, parity_batch=500,
                 batches=(1, 64, 256), timing_layers=7, iters=20, reps=15, warmup=3,
                 whole_engines=("packed-bits", "packed", "packed-bits eager", "packed cuda"),
                 cuda_archs=(75, 80, 86, 89, 90),
                 train_args=("--amp", "--device", "cuda"),
-                budgets=(("exactness", 0.20), ("parity", 0.15), ("timings", 0.30), ("training", 0.80),
-                         ("parity_trained", 1.0)))
+                budgets=(("exactness", 0.20), ("parity", 0.15), ("timings", 0.40), ("training", 0.80),
+                         ("parity_trained", 1.0)),
+                compile_workers=12, sweep_batch=256, sweep_configs=None, sweep_iters=10, sweep_reps=5)
 DRY_PLAN = Plan(device="cpu", random_cases=6, layer_cases=1, parity_images=2, parity_batch=2, batches=(1,),
                 timing_layers=1, iters=1, reps=1, warmup=1, whole_engines=("packed-bits",), cuda_archs=(90,),
                 train_args=("--device", "cpu", "--epochs", "1", "--subset", "100", "--test-subset", "50",
                             "--batch-size", "50"),
-                budgets=(("exactness", 0.2), ("parity", 0.2), ("timings", 0.3), ("training", 0.8),
-                         ("parity_trained", 1.0)))
+                budgets=(("exactness", 0.2), ("parity", 0.2), ("timings", 0.4), ("training", 0.8),
+                         ("parity_trained", 1.0)),
+                compile_workers=1, sweep_batch=1, sweep_configs=2, sweep_iters=1, sweep_reps=1)
 
 
 # ------------------------------------------------------------------------------ session
@@ -107,6 +125,8 @@ class Session:
         self.markdown: dict[str, str] = {}
         self.cuda_build: subprocess.Popen | None = None
         self.sources: dict = {}  # checkpoint (or None) -> (model, IR, description)
+        self.farm: CompileFarm | None = None
+        self.cases: list | None = None  # part a's (case, algo) checks
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -122,6 +142,8 @@ class Session:
         from xnorpipe.utils import atomic_write_text
 
         self.results["session"]["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        if self.farm is not None:
+            self.results["session"]["compile_farm"] = self.farm.summary()
         parts = self.results["parts"]
         self.results["passed"] = (not self.results["failures"]
                                   and all(parts.get(k, {}).get("status") == "ok" for k in ("exactness", "parity"))
@@ -137,10 +159,14 @@ class Session:
         lines += ["| part | status | seconds |", "|---|---|---:|"]
         for name, p in self.results["parts"].items():
             lines.append(f"| {name} | {p['status']} | {p.get('seconds', '')} |")
+        farm = s.get("compile_farm")
+        if farm:
+            lines += ["", f"Compile farm ({farm['status']}): {farm['compiled']} of {farm['submitted']} kernel "
+                          f"configurations compiled ahead ({farm['failed']} failed; {farm['compile_s']} s compiling)"]
         lines.append("")
         verdict = "PASSED" if self.results.get("passed") else "FAILED"
         lines.append(f"**{verdict}**" + "".join(f"\n- {f}" for f in self.results["failures"]))
-        for name, text in self.markdown.items():
+        for text in self.markdown.values():
             lines += ["", text.rstrip()]
         return "\n".join(lines) + "\n"
 
@@ -247,6 +273,90 @@ def wait_cuda_build(s: Session, timeout: float) -> Path | None:
     return out
 
 
+# ------------------------------------------------------------------------- compile farm
+
+
+def spec_key(spec) -> tuple:
+    """What Triton compiles once: a kernel with its constexprs and compile options (the int32
+    scalars are runtime arguments)."""
+    return spec.kernel, tuple(sorted(spec.constexprs.items())), spec.num_warps, spec.num_stages
+
+
+def _farm_start() -> None:
+    """A worker's first act: load the kernel modules while it waits for jobs."""
+    from xnorpipe.gpu import triton_kernels as tk
+
+    tk.kernels(False)
+
+
+def _farm_compile(spec, device: str) -> tuple[float, str | None]:
+    """One compile in a worker: (seconds, None) or (seconds, the error's first line). On the CPU
+    (the dry run) there is nothing to compile (the interpreter runs the kernels as Python): the
+    interpreter's kernel module is loaded instead, so the dry run runs the farm's machinery."""
+    t = time.monotonic()
+    try:
+        from xnorpipe.gpu import triton_kernels as tk
+
+        if device == "cuda":
+            tk.warmup(spec, device)
+        else:
+            tk.kernels(True)
+        return time.monotonic() - t, None
+    except Exception as e:  # noqa: BLE001  a configuration that does not compile: reported
+        return time.monotonic() - t, f"{type(e).__name__}: {_first_line(e)}"
+
+
+class CompileFarm:
+    """Worker processes (spawned, so no CUDA state is shared) that compile kernel configurations
+    into Triton's on-disk cache (triton_kernels.warmup), in the order they are submitted, ahead
+    of the session's launches of them. Only time depends on it: a launch whose configuration is
+    not compiled yet compiles it itself."""
+
+    def __init__(self, device: str, workers: int):
+        self.device = device
+        self.jobs: dict = {}
+        self.pool = None
+        self.status = "off"
+        if workers < 1:
+            return
+        import multiprocessing
+
+        try:
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_farm_start)
+            self.status = f"{workers} worker process{'es' if workers > 1 else ''}" + (
+                "" if device == "cuda" else " (the interpreter: nothing to compile)")
+        except Exception as e:  # noqa: BLE001  no farm: the launches compile
+            self.status = f"not started: {_first_line(e)}"
+
+    def submit(self, specs) -> None:
+        for spec in specs:
+            key = spec_key(spec)
+            if self.pool is not None and key not in self.jobs:
+                self.jobs[key] = self.pool.apply_async(_farm_compile, (spec, self.device))
+
+    def wait(self, spec, deadline: float) -> str | None:
+        """Wait, until `deadline` at most, for the compile of spec's configuration; the error's
+        first line if it failed, else None (also when the farm does not have it)."""
+        job = self.jobs.get(spec_key(spec))
+        if job is None:
+            return None
+        job.wait(max(0.0, deadline - time.monotonic()))
+        return job.get()[1] if job.ready() and job.successful() else None
+
+    def summary(self) -> dict:
+        done = [j.get() for j in self.jobs.values() if j.ready() and j.successful()]
+        failed = [err for _, err in done if err]
+        return {"status": self.status, "submitted": len(self.jobs), "compiled": len(done) - len(failed),
+                "failed": len(failed), "compile_s": round(sum(t for t, _ in done), 1), "first_errors": failed[:3]}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+            self.status += ", closed"
+
+
 def sync(device: str) -> None:
     import torch
 
@@ -254,13 +364,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str, plan: Plan, graph: bool = True, iters: int | None = None) -> tuple[float, str]:
+def timed(fn, device: str, plan: Plan, graph: bool = True, iters: int | None = None,
+          reps: int | None = None) -> tuple[float, str]:
     """Median microseconds per call of fn(): CUDA events over `iters` calls per sample (one graph
-    replay of `iters` captured calls when `graph` and capture works), `plan.reps` samples after
-    `plan.warmup` calls; on the CPU, perf_counter."""
+    replay of `iters` captured calls when `graph` and capture works), `reps` samples (default
+    the plan's) after `plan.warmup` calls; on the CPU, perf_counter."""
     import torch
 
-    iters, reps = iters or plan.iters, plan.reps
+    iters, reps = iters or plan.iters, reps or plan.reps
     for _ in range(plan.warmup):
         fn()
     sync(device)
@@ -312,26 +423,51 @@ def conv_precision(mode: str):
 # ------------------------------------------------------------------------- a. exactness
 
 
+def exactness_checks(s: Session) -> list:
+    """Part a's checks, (case, algo, launch spec), built once: nin_xnornet's own layers, then the
+    interpreter tests' random cases; every convolution with both algorithms."""
+    from xnorpipe.gpu import kernel_cases as kc
+    from xnorpipe.gpu import triton_kernels as tk
+
+    if s.cases is None:
+        cases = kc.layer_cases()[:s.plan.layer_cases] + kc.random_cases(s.plan.random_cases, CASES_SEED)
+        s.cases = []
+        for case in cases:
+            for algo in tk.ALGOS if case.op in tk.CONV_OPS else (None,):
+                try:
+                    spec = kc.case_launch_spec(case, interpret=s.plan.device != "cuda", algo=algo)
+                except Exception:  # noqa: BLE001  run_case reports it
+                    spec = None
+                s.cases.append((case, algo, spec))
+    return s.cases
+
+
 def part_exactness(s: Session, deadline: float):
     from xnorpipe.gpu import kernel_cases as kc
 
     dev = s.plan.device
-    # nin_xnornet's own layers first, then the interpreter tests' random cases
-    cases = kc.layer_cases()[:s.plan.layer_cases] + kc.random_cases(s.plan.random_cases, CASES_SEED)
-    triton = {"checked": 0, "failed": 0, "of": len(cases), "first_failures": []}
+    checks = exactness_checks(s)
+    cases = list({id(c): c for c, _, _ in checks}.values())
+    triton = {"checked": 0, "failed": 0, "of": len(checks), "cases": len(cases), "first_failures": [],
+              "by_algo": {}}
     triton_deadline = time.monotonic() + 0.7 * (deadline - time.monotonic())  # the rest: the CUDA kernel
-    for case in cases:
+    for case, algo, spec in checks:
         if time.monotonic() > triton_deadline:
             break
-        ok, detail = kc.run_case(case, dev)
+        if spec is not None and s.farm is not None:
+            s.farm.wait(spec, triton_deadline)  # compiled ahead, else compiled by this launch
+        ok, detail = kc.run_case(case, dev, algo=algo)
+        by = triton["by_algo"].setdefault(algo or "one kernel", {"checked": 0, "failed": 0})
         triton["checked"] += 1
+        by["checked"] += 1
         if not ok:
             triton["failed"] += 1
+            by["failed"] += 1
             if len(triton["first_failures"]) < 5:
                 triton["first_failures"].append(detail)
     if triton["failed"] or not triton["checked"]:
-        s.fail(f"exactness: {triton['failed']} of {triton['checked']} Triton cases differ from the reference")
-    s.log(f"Triton: {triton['checked']} cases, {triton['failed']} failed")
+        s.fail(f"exactness: {triton['failed']} of {triton['checked']} Triton checks differ from the reference")
+    s.log(f"Triton: {triton['checked']} of {triton['of']} checks, {triton['failed']} failed")
 
     cuda: dict = {"checked": 0, "failed": 0, "first_failures": []}
     kernel_dir = wait_cuda_build(s, deadline - time.monotonic())
@@ -343,11 +479,15 @@ def part_exactness(s: Session, deadline: float):
         cuda.update(_cuda_kernel_cases(s, kernel_dir, [c for c in cases if c.op == "XnorConv2d"], deadline))
         if cuda["failed"] or not cuda["checked"]:
             s.fail(f"exactness: {cuda['failed']} of {cuda['checked']} CUDA-kernel checks differ from the reference")
-    md = [(f"{triton['checked']} of {len(cases)} cases (kernel_cases.layer_cases, then random_cases("
-           f"{s.plan.random_cases}, {CASES_SEED}) as in the interpreter tests) on `{dev}`, compared bit for bit "
-           "with xnorpipe.deploy.reference; the CUDA kernel on the XnorConv2d cases among them."), "",
-          "| kernels | checks | failed |", "|---|---:|---:|",
-          f"| Triton | {triton['checked']} | {triton['failed']} |"]
+    ran = (f"{triton['checked']} of {triton['of']} checks ({triton['of'] - triton['checked']} not run: part budget "
+           "spent)" if triton["checked"] < triton["of"] else f"{triton['of']} checks")
+    md = [(f"{ran}: {len(cases)} cases (kernel_cases.layer_cases, then random_cases({s.plan.random_cases}, "
+           f"{CASES_SEED}) as in the interpreter tests), the convolutions with both algorithms, on `{dev}`, compared "
+           "bit for bit with xnorpipe.deploy.reference; the CUDA kernel on the XnorConv2d cases among them."), "",
+          "| kernels | checks | failed |", "|---|---:|---:|"]
+    for algo, by in triton["by_algo"].items():
+        label = f"Triton convolutions, {algo}" if algo != "one kernel" else "Triton BitMaxPool, Binarize"
+        md.append(f"| {label} | {by['checked']} | {by['failed']} |")
     for label, (n, bad) in cuda.get("variants", {}).items():
         md.append(f"| CUDA {label} | {n} | {bad} |")
     if "status" in cuda:
@@ -425,6 +565,8 @@ def load_source(s: Session, checkpoint: Path | None):
             model, meta = load_source_model(ARCH, random_init=True, data=s.data)
             what = "random init, BatchNorm calibrated on training images"
         s.sources[key] = (model.eval(), fold_model(model, arch=ARCH, metadata=meta), what)
+        if s.farm is not None:  # the network's kernels, then part c's, compile while the parts run
+            s.farm.submit(network_specs(s, s.sources[key][1]))
     return s.sources[key]
 
 
@@ -504,24 +646,127 @@ def part_parity(s: Session, deadline: float, checkpoint: Path | None = None):
 # --------------------------------------------------------------------------- c. timings
 
 
+# The dot algorithm's tile sweep (part c): every combination of these `config=` entries.
+SWEEP = {"BLOCK_M": (64, 128), "BLOCK_P": (64, 128, 256), "BLOCK_K": (1, 2, 4), "num_warps": (4, 8),
+         "num_stages": (1, 2, 3)}
+SWEEP_FIRST = {"BLOCK_M": 64, "BLOCK_P": 128, "BLOCK_K": 2, "num_warps": 4, "num_stages": 2}  # the table's usual
+SWEEP_OPS = ("XnorConv2d", "XnorConv2dBitsBinarize")  # the packed and the packed-bits form's op
+
+
+def sweep_configs(plan: Plan) -> list[dict]:
+    """The sweep's configurations, nearest the table's usual dot tile first (fewest entries
+    changed), so that a sweep the budget cuts short has tried the likeliest ones."""
+    configs = [dict(zip(SWEEP, values)) for values in itertools.product(*SWEEP.values())]
+    configs.sort(key=lambda c: (sum(c[k] != SWEEP_FIRST[k] for k in SWEEP), [SWEEP[k].index(c[k]) for k in SWEEP]))
+    return configs[:plan.sweep_configs] if plan.sweep_configs else configs
+
+
+def binary_layers(ir) -> list[tuple[str, object, tuple[int, int, int]]]:
+    """(name, layer, input shape C, H, W) of the IR's binary layers: L1, L2, ..."""
+    from xnorpipe.deploy import ir as IR
+    from xnorpipe.deploy.onnx_export import layer_shapes
+
+    shapes = [tuple(ir.input_shape)] + layer_shapes(ir)
+    layers = [(layer, shapes[i]) for i, layer in enumerate(ir.layers) if isinstance(layer, IR.BinaryConv)]
+    return [(f"L{n + 1}", layer, chw) for n, (layer, chw) in enumerate(layers)]
+
+
+def layer_attrs(layer) -> dict:
+    return {"strides": tuple(layer.strides), "pads": tuple(layer.pads), "dilations": tuple(layer.dilations),
+            "group": layer.group, "relu": bool(layer.relu)}
+
+
+def layer_spec(s: Session, op: str, layer, chw, config: dict):
+    """The launch of `op` on the layer (as the wrappers describe it)."""
+    from xnorpipe.deploy.packing import num_words
+    from xnorpipe.gpu import triton_kernels as tk
+
+    c, h, w = chw
+    common = dict(num_filters=layer.out_channels, kernel_shape=tuple(layer.kernel_shape), config=config,
+                  interpret=s.plan.device != "cuda", **layer_attrs(layer))
+    if op == "XnorConv2d":
+        return tk.launch_spec(op, input_shape=(c, h, w), **common)
+    return tk.launch_spec(op, input_shape=(num_words(c), h, w), channels=c, **common)
+
+
+def network_specs(s: Session, ir) -> list:
+    """What parts b and c launch on the network's layers, in that order: each binary layer's
+    three conv ops with the table's algorithm, then with the other, Binarize and BitMaxPool on
+    their inputs; then the dot sweep's configurations."""
+    from xnorpipe.deploy import ir as IR
+    from xnorpipe.deploy.onnx_export import layer_shapes
+    from xnorpipe.deploy.packing import num_words
+    from xnorpipe.gpu import triton_kernels as tk
+
+    interpret = s.plan.device != "cuda"
+    layers = binary_layers(ir)
+    specs = []
+    for first in (True, False):
+        for _, layer, chw in layers:
+            table = tk.conv_algo(layer.out_channels, layer.group)
+            algo = table if first else next(a for a in tk.ALGOS if a != table)
+            specs += [layer_spec(s, op, layer, chw, {"algo": algo}) for op in tk.CONV_OPS]
+    shapes = [tuple(ir.input_shape)] + layer_shapes(ir)
+    for _, _, chw in layers:
+        specs.append(tk.launch_spec("Binarize", input_shape=chw, interpret=interpret))
+    for i, layer in enumerate(ir.layers):
+        if isinstance(layer, IR.MaxPool):
+            c, h, w = shapes[i]
+            specs.append(tk.launch_spec("BitMaxPool", input_shape=(num_words(c), h, w), interpret=interpret,
+                                        kernel_shape=tuple(layer.kernel_shape), strides=tuple(layer.strides),
+                                        pads=tuple(layer.pads)))
+    for config in sweep_configs(s.plan):
+        for _, layer, chw in layers[:s.plan.timing_layers]:
+            specs += [layer_spec(s, op, layer, chw, {"algo": "dot", **config}) for op in SWEEP_OPS]
+    return specs
+
+
 def part_timings(s: Session, deadline: float):
     start = time.monotonic()
-    layers, md = _layer_timings(s, start + 0.55 * (deadline - start))
+    total = deadline - start
+    layers, md = _layer_timings(s, start + 0.40 * total)
+    sweep, md_sweep = _dot_sweep(s, min(deadline - 0.25 * total, time.monotonic() + 0.35 * total))
     whole, md2 = _whole_timings(s, deadline)
-    return {"layers": layers, "whole": whole}, md + "\n\n" + md2
+    return {"layers": layers, "sweep": sweep, "whole": whole}, "\n\n".join((md, md_sweep, md2))
+
+
+class _LayerInputs:
+    """One binary layer's tensors at batch b on the device: a float input, its bits, the
+    layer's weights and vectors, output thresholds."""
+
+    def __init__(self, s: Session, layer, chw, b: int):
+        import torch
+
+        from xnorpipe.gpu import triton_kernels as tk
+
+        dev = s.plan.device
+        c, h, w = chw
+        self.layer, self.chw, self.attrs = layer, chw, layer_attrs(layer)
+        self.x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(b)).to(dev)
+        self.wb = torch.from_numpy(np.ascontiguousarray(layer.weight_bits)).to(dev)
+        self.thr, self.scale, self.bias = (torch.from_numpy(np.asarray(v, np.float32)).to(dev)
+                                           for v in (layer.threshold, layer.scale, layer.bias))
+        self.xp = tk.binarize(self.x, self.thr)
+        self.out_thr = torch.zeros(layer.out_channels, device=dev)
+
+    def call(self, op: str, config: dict):
+        """fn() launching `op` (XnorConv2d float in, or XnorConv2dBitsBinarize) with `config`."""
+        from xnorpipe.gpu import triton_kernels as tk
+
+        if op == "XnorConv2d":
+            return lambda: tk.xnor_conv2d(self.x, self.wb, self.thr, self.scale, self.bias, config=config,
+                                          **self.attrs)
+        return lambda: tk.xnor_conv2d_bits(self.xp, self.wb, self.scale, self.bias, channels=self.chw[0],
+                                           output_threshold=self.out_thr, config=config, **self.attrs)
 
 
 def _layer_timings(s: Session, deadline: float):
     import torch
 
-    from xnorpipe.deploy import ir as IR
-    from xnorpipe.deploy.onnx_export import layer_shapes
-
     dev, plan = s.plan.device, s.plan
     torch.backends.cudnn.benchmark = dev == "cuda"
     _, ir, _ = load_source(s, CHECKPOINT if CHECKPOINT.is_file() else None)
-    shapes = [tuple(ir.input_shape)] + layer_shapes(ir)
-    layers = [(layer, shapes[i]) for i, layer in enumerate(ir.layers) if isinstance(layer, IR.BinaryConv)]
+    layers = binary_layers(ir)[:plan.timing_layers]
     cuda_mod = None
     if dev == "cuda" and os.environ.get("XNORPIPE_CUDA_DIR"):
         try:
@@ -530,26 +775,31 @@ def _layer_timings(s: Session, deadline: float):
             cuda_mod = cuda_kernels()
         except Exception as e:  # noqa: BLE001  no CuPy: the table says so
             s.log(f"CUDA kernel not timed: {_first_line(e)}")
-    head = ("| layer | batch | Triton float in | Triton bits in, bits out | " + ("CUDA kernel | " if cuda_mod else "")
-            + "cuDNN FP32 | cuDNN TF32 | cuDNN FP16 | FP16 / best Triton |")
-    md = [("Median us per call (CUDA events; a CUDA graph of repeated calls where capture works). Triton float "
-          "in = XnorConv2d (binarize, conv, scale, bias, relu: float32 in and out, the packed form); bits in, "
-          "bits out = XnorConv2dBitsBinarize (the packed-bits form). cuDNN = the same convolution alone on float "
-          "inputs and +-1 weights."), "", head, "|---|---:|" + "---:|" * (head.count("|") - 3)]
+    head = ("| layer | batch | float in, popcount | float in, dot | bits, popcount | bits, dot | "
+            + ("CUDA kernel | " if cuda_mod else "") + "cuDNN FP32 | cuDNN TF32 | cuDNN FP16 | FP16 / best Triton |")
+    md = [("Median us per call (CUDA events; a CUDA graph of repeated calls where capture works), each Triton "
+          "kernel with both algorithms (* the tile table's choice, with its tiles). float in = XnorConv2d "
+          "(binarize, conv, scale, bias, relu: float32 in and out, the packed form); bits = "
+          "XnorConv2dBitsBinarize (bits in, bits out: the packed-bits form). cuDNN = the same convolution alone on "
+          "float inputs and +-1 weights."), "", head, "|---|---:|" + "---:|" * (head.count("|") - 3)]
     rows = []
     for b in plan.batches:
-        for n, (layer, chw) in enumerate(layers[:plan.timing_layers]):
+        for name, layer, chw in layers:
             if time.monotonic() > deadline:
-                md.append(f"| (batch {b} layer L{n + 1} on: part budget spent) |")
+                md.append(f"| (batch {b} layer {name} on: part budget spent) |")
                 break
-            row = _time_layer(s, f"L{n + 1}", layer, chw, b, cuda_mod)
+            row = _time_layer(s, name, layer, chw, b, cuda_mod)
             rows.append(row)
-            cells = [f"{row['triton_float_in_us']:.1f}", f"{row['triton_bits_us']:.1f}"]
+            cells = []
+            for kind in ("float_in", "bits"):
+                for algo in ("popcount", "dot"):
+                    star = "*" if algo == row["table_algo"] else ""
+                    cells.append(f"{row[f'triton_{kind}_{algo}_us']:.1f}{star}")
             if cuda_mod is not None:
                 cells.append(f"{row['cuda_kernel_us']:.1f}")
             cells.append(f"{row['cudnn_fp32_us']:.1f}")
             cells += [f"{row[k]:.1f}" if k in row else "n/a (CPU)" for k in ("cudnn_tf32_us", "cudnn_fp16_us")]
-            best = min(row["triton_float_in_us"], row["triton_bits_us"])
+            best = min(row[f"triton_{kind}_{algo}_us"] for kind in ("float_in", "bits") for algo in ("popcount", "dot"))
             cells.append(f"{row['cudnn_fp16_us'] / best:.2f}x" if "cudnn_fp16_us" in row else "-")
             md.append(f"| {row['layer']} | {b} | " + " | ".join(cells) + " |")
             s.log(f"layer {row['layer']} batch {b}: {cells}")
@@ -557,8 +807,9 @@ def _layer_timings(s: Session, deadline: float):
 
 
 def _time_layer(s: Session, name: str, layer, chw, b: int, cuda_mod) -> dict:
-    """One binary layer at batch b: the Triton kernels (float in; bits in and out), the CUDA
-    kernel when loaded, cuDNN on the same float convolution in FP32, TF32 and FP16."""
+    """One binary layer at batch b: the Triton kernels (float in; bits in and out), each with
+    both algorithms and the table's tiles for it, the CUDA kernel when loaded, cuDNN on the
+    same float convolution in FP32, TF32 and FP16."""
     import torch
     import torch.nn.functional as F
 
@@ -567,28 +818,23 @@ def _time_layer(s: Session, name: str, layer, chw, b: int, cuda_mod) -> dict:
 
     dev, plan = s.plan.device, s.plan
     c, h, w = chw
-    x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(b)).to(dev)
-    wb = torch.from_numpy(np.ascontiguousarray(layer.weight_bits)).to(dev)
-    thr, sc, bi = (torch.from_numpy(np.asarray(v, np.float32)).to(dev) for v in (layer.threshold, layer.scale,
-                                                                               layer.bias))
-    a = {"strides": layer.strides, "pads": layer.pads, "dilations": layer.dilations, "group": layer.group,
-         "relu": layer.relu}
-    xp = tk.binarize(x, thr)
-    out_thr = torch.zeros(layer.out_channels, device=dev)
-    row = {"layer": f"{name} {c}->{layer.out_channels} k{layer.kernel_shape[0]} @{h}x{w}", "batch": b}
-    row["triton_float_in_us"], row["timing"] = timed(lambda: tk.xnor_conv2d(x, wb, thr, sc, bi, **a), dev, plan)
-    row["triton_bits_us"], _ = timed(lambda: tk.xnor_conv2d_bits(xp, wb, sc, bi, channels=c, output_threshold=out_thr,
-                                                                **a), dev, plan)
+    t = _LayerInputs(s, layer, chw, b)
+    a = t.attrs
+    row = {"layer": f"{name} {c}->{layer.out_channels} k{layer.kernel_shape[0]} @{h}x{w}", "batch": b,
+           "table_algo": tk.conv_algo(layer.out_channels, layer.group)}
+    for algo in tk.ALGOS:
+        row[f"triton_float_in_{algo}_us"], row["timing"] = timed(t.call("XnorConv2d", {"algo": algo}), dev, plan)
+        row[f"triton_bits_{algo}_us"], _ = timed(t.call("XnorConv2dBitsBinarize", {"algo": algo}), dev, plan)
     if cuda_mod is not None:
         from xnorpipe.runtime.torch_xnor import xnor_conv2d_cuda
 
-        row["cuda_kernel_us"], _ = timed(lambda: xnor_conv2d_cuda(x, wb, thr, sc, bi, a["strides"], a["pads"],
-                                                                  a["dilations"], a["group"], a["relu"],
+        row["cuda_kernel_us"], _ = timed(lambda: xnor_conv2d_cuda(t.x, t.wb, t.thr, t.scale, t.bias, a["strides"],
+                                                                  a["pads"], a["dilations"], a["group"], a["relu"],
                                                                   kernels=cuda_mod), dev, plan)
     wf = torch.from_numpy(unpack_weights(layer.weight_bits, c // layer.group)).to(dev)
     top, left, bottom, right = layer.pads
     sym = (top, left) == (bottom, right)
-    xf = x if sym else F.pad(x, (left, right, top, bottom))
+    xf = t.x if sym else F.pad(t.x, (left, right, top, bottom))
     pad = (top, left) if sym else 0
 
     def conv(xi, wi):
@@ -602,6 +848,68 @@ def _time_layer(s: Session, name: str, layer, chw, b: int, cuda_mod) -> dict:
         wh = wf.half().to(memory_format=torch.channels_last)
         row["cudnn_fp16_us"], _ = timed(lambda: conv(xh, wh), dev, plan)
     return row
+
+
+def _config_label(config: dict) -> str:
+    return "M{BLOCK_M} P{BLOCK_P} K{BLOCK_K} w{num_warps} s{num_stages}".format(**config)
+
+
+def _dot_sweep(s: Session, deadline: float):
+    """The dot algorithm's tiles per binary layer and op at one batch: each configuration of
+    `sweep_configs` on every layer before the next configuration, until the deadline; the best
+    per layer and op against the table's own tiles."""
+    dev, plan = s.plan.device, s.plan
+    _, ir, _ = load_source(s, CHECKPOINT if CHECKPOINT.is_file() else None)
+    b = plan.sweep_batch
+    layers = [(name, _LayerInputs(s, layer, chw, b)) for name, layer, chw in binary_layers(ir)[:plan.timing_layers]]
+    configs = sweep_configs(plan)
+    rows, not_run, tried = [], {}, 0
+    for config in configs:
+        if time.monotonic() > deadline:
+            break
+        tried += 1
+        for name, t in layers:
+            for op in SWEEP_OPS:
+                label = f"{op} {_config_label(config)}"
+                if time.monotonic() > deadline or label in not_run:
+                    continue
+                cfg = {"algo": "dot", **config}
+                try:
+                    if s.farm is not None:  # a failed farm compile is tried here again: the farm may be what failed
+                        s.farm.wait(layer_spec(s, op, t.layer, t.chw, cfg), deadline)
+                    us, _ = timed(t.call(op, cfg), dev, plan, iters=plan.sweep_iters, reps=plan.sweep_reps)
+                except Exception as e:  # noqa: BLE001  a configuration that does not compile or launch
+                    not_run[label] = _first_line(e)[:300]
+                    continue
+                rows.append({"layer": name, "op": op, **config, "us": us})
+    best = []
+    md = [(f"The dot algorithm at batch {b}: {tried} of {len(configs)} configurations "
+           f"({' x '.join(f'{k} {list(v)}' for k, v in SWEEP.items())}, nearest the table's usual "
+           f"{_config_label(SWEEP_FIRST)} first) on every layer, median us per call ({plan.sweep_reps} samples of "
+           f"{plan.sweep_iters} calls). Best per layer and op against the table's own dot tiles: what the tile "
+           "table (triton_kernels._conv_config) should say."), "",
+          "| layer | op | table's tiles | us | best tiles | us | table / best |", "|---|---|---|---:|---|---:|---:|"]
+    for name, t in layers:
+        for op in SWEEP_OPS:
+            mine = [r for r in rows if r["layer"] == name and r["op"] == op]
+            if not mine:
+                continue
+            top = min(mine, key=lambda r: r["us"])
+            table_cfg = layer_spec(s, op, t.layer, t.chw, {"algo": "dot"}).config()
+            table = next((r for r in mine if all(r[k] == table_cfg[k] for k in SWEEP)), None)
+            entry = {"layer": name, "op": op, "best": {k: top[k] for k in SWEEP}, "best_us": top["us"],
+                     "table": {k: table_cfg[k] for k in SWEEP}, "table_us": table["us"] if table else None}
+            best.append(entry)
+            ratio = f"{table['us'] / top['us']:.2f}x" if table else "-"
+            table_us = f"{table['us']:.1f}" if table else "not tried"
+            md.append(f"| {name} | {op} | {_config_label(entry['table'])} | {table_us} | "
+                      f"{_config_label(entry['best'])} | {top['us']:.1f} | {ratio} |")
+    if not_run:
+        md.append(f"\n{len(not_run)} layer-configurations did not compile or launch, e.g. "
+                  f"`{next(iter(not_run))}: {next(iter(not_run.values()))}`")
+    result = {"batch": b, "configs": len(configs), "tried": tried, "rows": rows, "best": best,
+              "not_run": not_run}
+    return result, "\n".join(md)
 
 
 def _whole_timings(s: Session, deadline: float):
@@ -754,11 +1062,15 @@ def main(argv=None) -> int:
         if not Path(str(args.data)).exists():
             s.fail(f"CIFAR-10 data not found: {args.data} (--data)")
         start_cuda_build(s)
+        s.farm = CompileFarm(plan.device, max(0, min(plan.compile_workers, (os.cpu_count() or 1) - 4))
+                             if not args.dry_run else plan.compile_workers)
+        s.farm.submit(spec for _, _, spec in exactness_checks(s) if spec is not None)
         s.write()
         s.part("exactness", "a. Kernel exactness", part_exactness, shares["exactness"])
         s.part("parity", f"b. {ARCH} parity", part_parity, shares["parity"],
                CHECKPOINT if CHECKPOINT.is_file() else None)
         s.part("timings", "c. Timings", part_timings, shares["timings"])
+        s.farm.close()  # its CPUs go to training
         trained = s.part("training", "d. Training (seed recipe, wall-clock cap)", part_training, shares["training"])
         if trained and trained.get("checkpoint"):
             s.part("parity_trained", f"b2. {ARCH} parity on the checkpoint of part d", part_parity,
@@ -770,6 +1082,8 @@ def main(argv=None) -> int:
     finally:
         if s.cuda_build is not None and s.cuda_build.poll() is None:
             s.cuda_build.kill()
+        if s.farm is not None:
+            s.farm.close()
         s.write()
     s.log(f"{'PASSED' if s.results['passed'] else 'FAILED'}; wrote {out / 'gpu_session.json'} and .md")
     return 0 if s.results["passed"] else 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session of xnorpipe (<= 9 minutes on one H100/H200; no network, no pip, no TensorRT):
-# kernel exactness, nin_xnornet parity on CUDA, timings against cuDNN, a capped training run.
+# kernel exactness (both conv algorithms), nin_xnornet parity on CUDA, timings against cuDNN with a
+# tile sweep of the dot algorithm, a capped training run.
 # scripts/gpu_session.py does the work and says what each part measures.
 #
 #   scripts/gpu_session.sh [--data CIFAR] [--out DIR] [--budget SECONDS] [--dry-run]

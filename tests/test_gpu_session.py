@@ -39,6 +39,10 @@ def test_dry_run_runs_every_part_and_passes(dry_run):
 
     exact = report["parts"]["exactness"]["result"]
     assert exact["triton"]["checked"] == exact["triton"]["of"] > 0 and exact["triton"]["failed"] == 0
+    by_algo = exact["triton"]["by_algo"]  # every convolution case with both algorithms
+    assert by_algo["popcount"]["checked"] == by_algo["dot"]["checked"] > 0
+    farm = report["session"]["compile_farm"]  # its machinery runs in the dry run too (nothing to compile)
+    assert farm["submitted"] >= exact["triton"]["of"] // 2 and farm["compiled"] == farm["submitted"]
     for part in ("parity", "parity_trained"):
         rows = report["parts"][part]["result"]["rows"]
         engines = [row["engine"] for row in rows]
@@ -49,8 +53,13 @@ def test_dry_run_runs_every_part_and_passes(dry_run):
     assert report["parts"]["parity_trained"]["result"]["source"].startswith("checkpoint")
 
     timings = report["parts"]["timings"]["result"]
-    assert timings["layers"] and all(row["triton_float_in_us"] > 0 and row["cudnn_fp32_us"] > 0
-                                     for row in timings["layers"])
+    assert timings["layers"] and all(row[f"triton_{kind}_{algo}_us"] > 0 and row["cudnn_fp32_us"] > 0
+                                     for row in timings["layers"] for kind in ("float_in", "bits")
+                                     for algo in ("popcount", "dot"))
+    sweep = timings["sweep"]  # the dot tile sweep: every configuration tried on each op, a best per op
+    assert sweep["tried"] == sweep["configs"] == 2 and not sweep["not_run"]
+    assert len(sweep["rows"]) == 2 * 2 and {b["op"] for b in sweep["best"]} == {"XnorConv2d", "XnorConv2dBitsBinarize"}
+    assert all(b["best_us"] == min(r["us"] for r in sweep["rows"] if r["op"] == b["op"]) for b in sweep["best"])
     assert {row["engine"] for row in timings["whole"]} >= {"torch-xnor packed-bits", "float graph, cuDNN FP32"}
 
     train = report["parts"]["training"]["result"]
@@ -65,6 +74,7 @@ def test_dry_run_markdown_and_log(dry_run):
     for heading in ("## a. Kernel exactness", "## b. nin_xnornet parity", "## c. Timings", "## d. Training",
                     "## b2. nin_xnornet parity on the checkpoint"):
         assert heading in md
+    assert "| Triton convolutions, dot |" in md and "| best tiles |" in md and "Compile farm" in md
     assert "**PASSED**" in md and "crashed" not in md
     log = (out / "gpu_session.log").read_text()
     assert "gpu_session exit 0" in log and "Traceback" not in log

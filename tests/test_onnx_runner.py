@@ -73,7 +73,8 @@ def _check_binary_nodes(proto: onnx.ModelProto, values: dict[str, torch.Tensor])
         elif node.op_type in ("XnorConv2dBits", "XnorConv2dBitsBinarize"):
             want = ref.xnor_conv2d_bits(ins[0], at["channels"], ins[1], ins[2], ins[3],
                                         output_threshold=ins[4] if len(ins) == 5 else None,
-                                        relu=bool(at["relu"]), **conv)
+                                        relu=bool(at["relu"]), shuffle_output=bool(at.get("shuffle_output", 0)),
+                                        **conv)
         elif node.op_type == "BitMaxPool":
             want = ref.bit_max_pool(ins[0], at["kernel_shape"], at["strides"], at["pads"])
         elif node.op_type == "Binarize":
@@ -103,8 +104,9 @@ def _check_binary_nodes(proto: onnx.ModelProto, values: dict[str, torch.Tensor])
 @pytest.mark.parametrize("arch,form", [("nin_xnornet", "packed"), ("nin_xnornet", "packed-bits"),
                                        ("nin_gc_xnornet", "packed-bits")])
 def test_whole_model_in_the_interpreter(arch, form):
-    """nin_gc_xnornet's packed-bits model holds its packed model's XnorConv2d nodes too (its
-    channel shuffles keep most layers float-in), plus ConvBinarize and XnorConv2dBits."""
+    """In nin_gc_xnornet's packed-bits model every grouped binary layer reads bits and writes its
+    output channel-shuffled (shuffle_output: the fold moved the shuffles into the layers), two
+    of them with 16 channels a group (two groups to a word)."""
     from xnorpipe.deploy.module import DeployModule
     from xnorpipe.deploy.onnx_export import build_onnx
     from xnorpipe.gpu.onnx_runner import OnnxRunner
@@ -117,6 +119,11 @@ def test_whole_model_in_the_interpreter(arch, form):
     logits = values[runner.output_name]
     n_custom = sum(n.domain == "xnorpipe" for n in proto.graph.node)
     assert _check_binary_nodes(proto, values) == n_custom >= 7
+    if arch == "nin_gc_xnornet":
+        bits = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in proto.graph.node
+                if n.op_type.startswith("XnorConv2dBits")]
+        assert len(bits) == 7 and all(at.get("shuffle_output") == 1 for at in bits)
+        assert any((at["channels"] // at["group"]) % 32 for at in bits)  # groups inside words
 
     with torch.inference_mode():
         oracle = DeployModule(ir)(x).numpy()

@@ -1,11 +1,12 @@
 """Ahead-of-time builds of the Triton kernels (xnorpipe.gpu.triton_aot) for sm_80, 86, 89, 90:
 PTX and cubin for nin_xnornet's binary layers in both ONNX forms (packed: XnorConv2d; packed-
 bits: XnorConv2dBits and XnorConv2dBitsBinarize) with the tile table's algorithm (int8 tensor-
-core dots for all of them) and two of them with popcount, a grouped layer of nin_gc_xnornet
-(popcount), BitMaxPool and Binarize; what a TensorRT AOT launch relies on. No GPU: Triton
-compiles for a named target. Layers that share a tile configuration share a compiled kernel
-(scalars are runtime arguments): the first run compiles about 15 distinct kernels per target
-(a few minutes on 2 cores); Triton caches them on disk.
+core dots for all of them) and two of them with popcount, grouped layers of nin_gc_xnornet
+(one reads 16-channel groups from bits and shuffles its output), BitMaxPool and Binarize;
+what a TensorRT AOT launch relies on. No GPU: Triton compiles for a named target. Layers that
+share a tile configuration share a compiled kernel (scalars are runtime arguments): the first
+run compiles about 16 distinct kernels per target (a few minutes on 2 cores); Triton caches
+them on disk.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def representative(capability: int) -> list[ta.AotKernel]:
     # nin_gc_xnornet's layer 3: 16 groups of 16 channels (the grouped code path; popcount by the table)
     out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(256, 16, 16), num_filters=512,
                              kernel_shape=(3, 3), pads=(1, 1, 1, 1), group=16, relu=1))
+    # its packed-bits layer 3 as XnorConv2dBits: groups of 16 channels, two to a word (each word
+    # a funnel shift of two input words), output channel-shuffled (popcount by the table)
+    out.append(ta.compile_op("XnorConv2dBits", capability=capability, input_shape=(8, 16, 16), channels=256,
+                             num_filters=512, kernel_shape=(3, 3), pads=(1, 1, 1, 1), group=16, relu=1,
+                             shuffle_output=1))
     # and its layer 4: 4 groups of 128 channels and 128 filters (grouped, dot by the table)
     out.append(ta.compile_op("XnorConv2d", capability=capability, input_shape=(512, 8, 8), num_filters=512,
                              kernel_shape=(1, 1), group=4, relu=1))
@@ -84,13 +90,13 @@ def test_ptx_and_cubin_of_every_op(built, capability):
 
 def test_the_table_builds_both_algorithms(built):
     """nin_xnornet's layers and nin_gc_xnornet's 4-group layer run on tensor cores by the table,
-    its 16-group layer (32 filters per group) and the two explicit builds on popcount; each
+    its 16-group layers (32 filters per group) and the two explicit builds on popcount; each
     AotKernel records its algorithm as its config does."""
     for kernels in built.values():
         conv = [k for k in kernels if k.op in tk.CONV_OPS]
         assert all(k.algo == k.config["algo"] for k in conv)
         assert sum(k.algo == "dot" for k in conv) == 2 * len(NIN_LAYERS) + 1
-        assert sum(k.algo == "popcount" for k in conv) == 3
+        assert sum(k.algo == "popcount" for k in conv) == 4
         assert all(k.algo is None and "algo" not in k.config for k in kernels if k.op not in tk.CONV_OPS)
 
 
@@ -223,6 +229,15 @@ def test_pipeline_depth_is_capped_to_fit_an_aot_launch():
     assert k.config["num_stages"] == 1 and k.shared_bytes <= ta.SHARED_LIMIT
     with pytest.raises(ta.AotError, match=r"bytes of shared memory, more than the 49152") as e:
         ta.compile_op("XnorConv2d", config={"algo": "dot", "BLOCK_K": 4, "BLOCK_M": 32, "num_stages": 2}, **layer)
+    assert "\n" not in str(e.value)
+
+
+def test_a_shuffled_bit_output_is_not_built_ahead_of_time():
+    """XnorConv2dBitsBinarize with shuffle_output ORs its bits into a zeroed output, which an AOT
+    launch does not zero: refused before compiling (the float-output op is built above)."""
+    with pytest.raises(ta.AotError, match="zeroed output") as e:
+        ta.compile_op("XnorConv2dBitsBinarize", capability=90, input_shape=(8, 16, 16), channels=256,
+                      num_filters=512, kernel_shape=(3, 3), group=16, shuffle_output=1)
     assert "\n" not in str(e.value)
 
 

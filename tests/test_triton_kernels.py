@@ -48,13 +48,14 @@ def test_random_case_is_bit_exact(cases, index):
         assert ok, detail
 
 
-N_LAYER_CASES = 22
+N_LAYER_CASES = 24
 
 
 @pytest.mark.parametrize("algo", tk.ALGOS)
 @pytest.mark.parametrize("index", range(N_LAYER_CASES))
 def test_network_layer_is_bit_exact(layers, index, algo):
-    """nin_xnornet's layers and three of nin_gc_xnornet's, at 3x3 pixels."""
+    """nin_xnornet's layers and three of nin_gc_xnornet's (bit forms shuffled, as exported), at
+    3x3 pixels."""
     ok, detail = kc.run_case(layers[index], "cpu", algo=algo)
     assert ok, detail
 
@@ -131,7 +132,15 @@ def test_random_cases_cover_the_contract(cases):
     assert any(c.attrs["strides"] != (1, 1) for c in conv)
     assert any(2 in c.attrs["dilations"] for c in conv)
     assert {c.attrs["group"] for c in conv} >= {1, 2, 3, 4}
-    assert any(c.op != "XnorConv2d" and c.attrs["group"] > 1 for c in conv)
+    grouped_bits = [c for c in conv if c.op != "XnorConv2d" and c.attrs["group"] > 1]
+    per_group = {c.attrs["channels"] // c.attrs["group"] for c in grouped_bits}
+    assert {16, 24, 32, 40, 64} <= per_group and any(cg % 8 for cg in per_group)
+    # a group starting inside a word and reaching into the next (Cg = 24: group 1 is bits 24..47)
+    assert any(any((g * cg) % 32 + cg > 32 and (g * cg) % 32 for g in range(c.attrs["group"]))
+               for c in grouped_bits for cg in [c.attrs["channels"] // c.attrs["group"]])
+    for op in ("XnorConv2dBits", "XnorConv2dBitsBinarize"):
+        shuffled = [c for c in grouped_bits if c.op == op and c.attrs.get("shuffle_output")]
+        assert any((c.attrs["channels"] // c.attrs["group"]) % 32 for c in shuffled), op
     assert any(c.inputs["W"].shape[1] == 3 and max(c.attrs["pads"]) == 2 for c in conv)  # pads = kernel - 1
     assert any(c.inputs["W"].shape[1] == 5 for c in conv)
     channels = [c.inputs["X"].shape[1] if "X" in c.inputs else c.attrs.get("channels", 32) for c in cases
@@ -280,12 +289,33 @@ def test_bad_arguments_get_one_line_errors(call, message):
     assert isinstance(e.value, ValueError)
 
 
-def test_grouped_bit_inputs_need_whole_word_groups():
-    xp = torch.zeros((1, 2, 4, 4), dtype=torch.int32)
-    w = torch.zeros((4, 1, 1, 1), dtype=torch.int32)
-    v = torch.zeros(4)
-    with pytest.raises(tk.KernelArgumentError, match="multiple of 32 to read bits"):
-        tk.xnor_conv2d_bits(xp, w, v, v, channels=40, group=2)
+def test_group_words_and_shuffle_are_fixed_by_the_layer():
+    """SPLIT_WORDS (groups that start inside words) and SHUFFLE follow from the attributes: only
+    grouped bit inputs with C/group % 32 != 0 split, a one-group shuffle is none; a shuffled
+    bit output is ORed into a zeroed tensor. Neither can be set by config; shuffle_output is
+    not an attribute of XnorConv2d v1."""
+    def spec(op, c, g, shuffle=0, **kw):
+        bits = op != "XnorConv2d"
+        return tk.launch_spec(op, input_shape=(-(-c // 32) if bits else c, 4, 4), num_filters=4 * g,
+                              kernel_shape=(1, 1), group=g, **({"channels": c, "shuffle_output": shuffle} if bits
+                                                               else {}), **kw)
+
+    assert spec("XnorConv2dBits", 40, 2).constexprs["SPLIT_WORDS"]  # 20 channels a group
+    assert not spec("XnorConv2dBits", 64, 2).constexprs["SPLIT_WORDS"]
+    assert not spec("XnorConv2dBits", 40, 1).constexprs["SPLIT_WORDS"]
+    assert "SPLIT_WORDS" not in spec("XnorConv2d", 40, 2).constexprs
+    shuffled = spec("XnorConv2dBitsBinarize", 40, 2, shuffle=1)
+    assert shuffled.constexprs["SHUFFLE"] and shuffled.zeroed_output
+    assert not spec("XnorConv2dBitsBinarize", 40, 1, shuffle=1).constexprs["SHUFFLE"]
+    assert not spec("XnorConv2dBits", 40, 2, shuffle=1).zeroed_output  # float output: stored, not ORed
+    assert "SHUFFLE" not in shuffled.config() and "SPLIT_WORDS" not in shuffled.config()
+    for key in ("SPLIT_WORDS", "SHUFFLE"):
+        with pytest.raises(tk.KernelArgumentError, match="unknown or fixed"):
+            spec("XnorConv2dBits", 40, 2, config={key: False})
+    with pytest.raises(tk.KernelArgumentError, match="shuffle_output must be 0 or 1"):
+        spec("XnorConv2dBits", 40, 2, shuffle=2)
+    with pytest.raises(tk.KernelArgumentError, match=r"unknown attribute\(s\) \['shuffle_output'\]"):
+        tk.launch_spec("XnorConv2d", input_shape=(40, 4, 4), num_filters=4, kernel_shape=(1, 1), shuffle_output=1)
 
 
 # ------------------------------------------------------------------------------ tile table
@@ -338,6 +368,23 @@ def test_table_runs_nin_layers_on_tensor_cores():
     assert grouped["algo"] == "dot" and grouped["BLOCK_K"] == 2  # 4 slots; at most 2 per step when grouped
 
 
+def test_table_for_nin_gc_bit_layers():
+    """nin_gc_xnornet's packed-bits layers: 32 filters a group on popcount in tiles of 32 filters
+    (a tile of 64 would run two groups over all its rows, and spills on sm_90 at 128
+    registers); a shuffled bit output on the dot in tiles of 64 pixels (128 spill)."""
+    l3 = dict(input_shape=(8, 16, 16), channels=256, num_filters=512, kernel_shape=(3, 3), pads=(1, 1, 1, 1),
+              group=16, shuffle_output=1)
+    for op in ("XnorConv2dBits", "XnorConv2dBitsBinarize"):
+        cfg = tk.kernel_config(op, **l3)
+        assert cfg["algo"] == "popcount" and cfg["BLOCK_M"] == 32 and cfg["BLOCK_P"] == 32
+    assert tk.kernel_config("XnorConv2d", input_shape=(256, 16, 16), num_filters=512, kernel_shape=(3, 3),
+                            group=16)["BLOCK_M"] == 64  # float inputs: 32 filters spill on sm_80
+    l1 = dict(input_shape=(8, 32, 32), channels=256, num_filters=256, kernel_shape=(1, 1), group=2)
+    assert tk.kernel_config("XnorConv2dBitsBinarize", shuffle_output=1, **l1)["BLOCK_P"] == 64
+    assert tk.kernel_config("XnorConv2dBitsBinarize", **l1)["BLOCK_P"] == 128
+    assert tk.kernel_config("XnorConv2dBits", shuffle_output=1, **l1)["BLOCK_P"] == 128  # stores, not ORs
+
+
 def test_one_entry_decides_the_algo(monkeypatch):
     """DOT_MIN_FILTERS_PER_GROUP alone moves the boundary; config={"algo": ...} overrides the
     table both ways and brings that algo's tiles with it."""
@@ -367,6 +414,47 @@ def test_interpreter_table_covers_an_image_per_program():
     spec = tk.launch_spec("XnorConv2d", input_shape=(70, 8, 8), num_filters=50, kernel_shape=(3, 3),
                           pads=(1, 1, 1, 1), interpret=True, config={"algo": "dot"})
     assert spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] == 8  # of 27 slots: 4 steps
+
+
+# nin_xnornet's and nin_gc_xnornet's binary layers at their real sizes: (C, H = W, M, kernel, group).
+NIN_SIZES = [(192, 32, 160, 1, 1), (160, 32, 96, 1, 1), (96, 16, 192, 3, 1), (192, 16, 192, 1, 1), (192, 8, 192, 3, 1),
+             (192, 8, 192, 1, 1), (256, 32, 256, 1, 2), (256, 16, 512, 3, 16), (512, 16, 512, 1, 4),
+             (512, 8, 1024, 3, 32), (1024, 8, 1024, 1, 8)]
+
+
+def test_interpreter_tiles_fit_real_layer_sizes():
+    """The interpreter's table keeps every op within MAX_TILE_ELEMENTS at any size (CPU tensors
+    of a real model run there): each op at nin_xnornet's and nin_gc_xnornet's sizes, both
+    algorithms. Its tiles are the largest that fit: an ungrouped layer's program holds at least
+    a quarter of the limit, or the whole layer. Binarize and BitMaxPool run at full size."""
+    from xnorpipe.deploy import reference
+
+    def check(spec):
+        elements = tk._tile_elements(spec.op, spec.algo, spec.constexprs)
+        assert elements <= tk.MAX_TILE_ELEMENTS, spec
+        return elements
+
+    for c, hw, m, k, g in NIN_SIZES:
+        attrs = dict(num_filters=m, kernel_shape=(k, k), pads=((k - 1) // 2,) * 4, group=g, relu=1, interpret=True)
+        for algo in tk.ALGOS:
+            for op in tk.CONV_OPS:
+                bits = {} if op == "XnorConv2d" else {"channels": c, "shuffle_output": int(g > 1)}
+                spec = tk.launch_spec(op, input_shape=(-(-c // 32) if bits else c, hw, hw), config={"algo": algo},
+                                      **bits, **attrs)
+                elements = check(spec)
+                whole = spec.grid_per_image == (1, 1, 1) and spec.constexprs["BLOCK_K"] >= (
+                    k * k * -(-c // 32) if algo == "dot" else -(-c // 32))
+                assert g > 1 or whole or elements >= tk.MAX_TILE_ELEMENTS // 4, spec
+        check(tk.launch_spec("Binarize", input_shape=(c, hw, hw), interpret=True))
+        check(tk.launch_spec("BitMaxPool", input_shape=(-(-c // 32), hw, hw), kernel_shape=(3, 3), strides=(2, 2),
+                             pads=(1, 1, 1, 1), interpret=True))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 192, 32, 32)).astype(np.float32)
+    t = rng.standard_normal(192).astype(np.float32)
+    bits = tk.binarize(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    assert np.array_equal(bits, reference.binarize_bits(x, t))
+    pooled = tk.bit_max_pool(torch.from_numpy(bits), kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)).numpy()
+    assert np.array_equal(pooled, reference.bit_max_pool(bits, (3, 3), (2, 2), (1, 1, 1, 1)))
 
 
 def test_both_kernel_kinds_live_in_one_process():
@@ -402,3 +490,45 @@ def test_kernel_signatures_follow_the_launch_description():
         assert all(name.endswith("_ptr") for name in runtime[:n_in] + runtime[-1:]), op
         assert set(constexprs) == set(spec.constexprs), op
         assert [p.name for p in fn.params][-len(constexprs):] == constexprs, op
+
+
+def test_warmup_compiles_what_a_launch_would(monkeypatch):
+    """triton_kernels.warmup (the GPU session compiles ahead in worker processes with it) passes
+    Triton's JIT a launch's arguments: dtypes where the tensors go, the same int32 scalars,
+    constexprs and compile options, so the compiled kernel lands under the key a launch looks up."""
+    import contextlib
+    import types
+
+    calls = []
+
+    class Kernel:
+        def warmup(self, *args, **kwargs):
+            calls.append((args, kwargs))
+
+    fake = types.SimpleNamespace(**{name: Kernel() for name in tk.KERNEL_NAMES.values()})
+    monkeypatch.setattr(tk, "kernels", lambda interpret: fake if not interpret else None)
+    monkeypatch.setattr(tk.torch.cuda, "device", lambda device: contextlib.nullcontext())
+    spec = tk.launch_spec("XnorConv2dBitsBinarize", input_shape=(2, 5, 5), num_filters=64, channels=40,
+                          kernel_shape=(3, 3), group=2, shuffle_output=1)
+    tk.warmup(spec, "cuda:0")
+    (args, kwargs), = calls
+    assert args == (torch.int32, torch.int32, torch.float32, torch.float32, torch.float32, *spec.scalars, torch.int32)
+    assert kwargs == {"grid": (1, 1, 1), **spec.constexprs, "num_warps": spec.num_warps,
+                      "num_stages": spec.num_stages, **tk.COMPILE_OPTIONS}
+    assert kwargs["SPLIT_WORDS"] and kwargs["SHUFFLE"] and kwargs["enable_fp_fusion"] is False
+
+
+def test_case_launch_spec_is_the_wrappers_launch(cases, layers, monkeypatch):
+    """kernel_cases.case_launch_spec (what the GPU session compiles ahead) describes the launch
+    the wrapper makes for the case, every op and both algorithms."""
+    launched = []
+    monkeypatch.setattr(tk, "_launch", lambda spec, batch, device, inputs: launched.append(spec))
+    picked = {}
+    for case in layers[-6:] + cases:
+        picked.setdefault((case.op, case.attrs.get("group", 1) > 1, bool(case.attrs.get("shuffle_output"))), case)
+    assert len(picked) >= 9
+    for case in picked.values():
+        for algo in tk.ALGOS:
+            launched.clear()
+            kc.kernel_output(case, "cpu", algo=algo)
+            assert launched == [kc.case_launch_spec(case, interpret=True, algo=algo)], case.describe()

@@ -436,6 +436,13 @@ def test_prepare_onnx_refuses_foreign_attributes():
     node.attribute.append(onnx.helper.make_attribute("ceil_mode", 1))
     with pytest.raises(XnorpipeError, match="ceil_mode"):
         prepare_onnx(proto)
+    # shuffle_output (nin_gc_xnornet's packed-bits layers): the plugins do not take it yet, and
+    # dropping it would leave the output channels unshuffled
+    proto = build_onnx(every_op_ir(), "packed-bits")
+    node = next(n for n in proto.graph.node if n.op_type.startswith("XnorConv2dBits"))
+    node.attribute.append(onnx.helper.make_attribute("shuffle_output", 1))
+    with pytest.raises(XnorpipeError, match="shuffle_output that its TensorRT plugin does not take"):
+        prepare_onnx(proto)
 
 
 # ------------------------------------------------------------------ error paths

@@ -7,8 +7,9 @@ tests/test_triton_kernels.py) and on a real GPU (the GPU session script).
         for algo in ("popcount", "dot"):  # the convolutions' two algorithms; other ops ignore it
             ok, detail = run_case(case, "cuda", algo=algo)
 
-Cases cover what the contract leaves to the kernels: C and M not multiples of 32, groups,
-strides and dilations 2, pads up to kernel - 1, batch 1 and 5, NaN and +-inf inputs,
+Cases cover what the contract leaves to the kernels: C and M not multiples of 32, groups
+(bit inputs too, with C/group not a multiple of 32: groups that start inside a word and
+straddle two), shuffle_output, strides and dilations 2, pads up to kernel - 1, batch 1 and 5, NaN and +-inf inputs,
 thresholds exactly at input values (and at output values for XnorConv2dBitsBinarize), +-inf
 and NaN thresholds, garbage in the pad bits that the contract says are ignored, infinite
 scales (NaN outputs) and -0.0 biases. Shapes stay small: the interpreter runs NumPy per
@@ -131,8 +132,10 @@ def _conv_case(rng: np.random.Generator, op: str) -> Case:
         kh, kw = geo["kernel_shape"]
         if n * group * kh * kw <= MAX_CONV_STEPS:
             break
-    if bits_in and group > 1:  # bit inputs need whole-word groups
-        cg = int(rng.choice([32, 64]))
+    shuffle = False
+    if bits_in and group > 1:  # whole-word groups, groups inside words, groups across word boundaries
+        cg = int(rng.choice([16, 24, 32, 40, 64, int(rng.integers(1, 80))]))
+        shuffle = bool(rng.random() < 0.4)
     else:
         cg = int(rng.choice([int(rng.integers(1, 80)), 32, 64, int(rng.integers(33, 100))], p=[0.6, 0.1, 0.1, 0.2]))
     mg = int(rng.integers(1, 41)) if rng.random() < 0.8 else int(rng.integers(41, 80))
@@ -140,6 +143,8 @@ def _conv_case(rng: np.random.Generator, op: str) -> Case:
     h, w = geo["hw"]
     attrs = {k: geo[k] for k in ("strides", "pads", "dilations")}  # kernel_shape: W's
     attrs.update(group=group, relu=bool(rng.random() < 0.5))
+    if shuffle:
+        attrs["shuffle_output"] = True
     wts = _random_words(rng, (m, kh, kw, num_words(cg)), cg, garbage=rng.random() < 0.5, axis=3)
     scale, bias = _scale_bias(rng, m)
     if not bits_in:
@@ -199,7 +204,9 @@ def random_cases(count: int, seed: int = 0) -> list[Case]:
 
 def layer_cases(spatial: int = 3, batch: int = 1, seed: int = 1) -> list[Case]:
     """nin_xnornet's binary layers (channels, filters, kernels and pads) and three of
-    nin_gc_xnornet's grouped ones, at a small spatial size, in every conv form they can take."""
+    nin_gc_xnornet's grouped ones (16 channels a group in one of them: two groups to a word), at
+    a small spatial size, in every conv form they can take (the grouped bit forms with
+    shuffle_output, as nin_gc_xnornet's packed-bits export has them)."""
     layers = [  # (C, M, k, pad, group)
         (192, 160, 1, 0, 1), (160, 96, 1, 0, 1), (96, 192, 3, 1, 1), (192, 192, 1, 0, 1), (192, 192, 3, 1, 1),
         (256, 256, 1, 0, 2), (256, 512, 3, 1, 16), (512, 512, 1, 0, 4)]
@@ -213,14 +220,15 @@ def layer_cases(spatial: int = 3, batch: int = 1, seed: int = 1) -> list[Case]:
         x = _special_floats(rng, (batch, c, spatial, spatial), p_special=0.01)
         cases.append(Case("XnorConv2d", {"X": x, "W": wts, "threshold": _thresholds(rng, x, c), "scale": scale,
                                          "bias": bias}, dict(attrs), (seed, i)))
-        if group > 1 and cg % 32:
-            continue  # bit inputs need whole-word groups
         from xnorpipe.deploy import reference
 
         xp = reference.binarize_bits(x, _thresholds(rng, x, c))
         bits_attrs = dict(attrs, channels=c)
+        if group > 1:
+            bits_attrs["shuffle_output"] = True
         cases.append(Case("XnorConv2dBits", {"Xp": xp, "W": wts, "scale": scale, "bias": bias}, bits_attrs, (seed, i)))
-        y = reference.xnor_conv2d_bits(xp, c, wts, scale, bias, **attrs)
+        y = reference.xnor_conv2d_bits(xp, c, wts, scale, bias, **{k: v for k, v in bits_attrs.items()
+                                                                    if k != "channels"})
         cases.append(Case("XnorConv2dBitsBinarize", {"Xp": xp, "W": wts, "scale": scale, "bias": bias,
                                                      "output_threshold": _thresholds(rng, y, m)}, bits_attrs,
                           (seed, i)))
@@ -273,6 +281,23 @@ def kernel_output(case: Case, device="cpu", config: dict | None = None, *, algo:
     if case.op == "Binarize":
         return tk.binarize(t["X"], t["threshold"], config=config)
     raise ValueError(f"unknown op {case.op!r}")
+
+
+def case_launch_spec(case: Case, *, interpret: bool, config: dict | None = None, algo: str | None = None):
+    """The triton_kernels.LaunchSpec of the wrapper's launch for the case (interpret: the
+    interpreter's table or the GPU's): what the GPU session compiles ahead of its checks."""
+    from xnorpipe.gpu import triton_kernels as tk
+
+    if algo is not None and case.op in tk.CONV_OPS:
+        config = {**(config or {}), "algo": algo}
+    i, a = case.inputs, case.attrs
+    if case.op in tk.CONV_OPS:
+        m, kh, kw, _ = i["W"].shape
+        x = i["X"] if case.op == "XnorConv2d" else i["Xp"]
+        return tk.launch_spec(case.op, input_shape=x.shape[1:], num_filters=m, kernel_shape=(kh, kw), config=config,
+                              interpret=interpret, **a)
+    x = i["Xp"] if case.op == "BitMaxPool" else i["X"]
+    return tk.launch_spec(case.op, input_shape=x.shape[1:], config=config, interpret=interpret, **a)
 
 
 def compare(got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:

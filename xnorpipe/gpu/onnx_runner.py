@@ -63,10 +63,11 @@ class _TritonKernels:
         return self.tk.xnor_conv2d(x, w, threshold, scale, bias, strides=a.strides, pads=a.pads,
                                    dilations=a.dilations, group=a.group, relu=a.relu)
 
-    def xnor_conv2d_bits(self, xp, w, scale, bias, channels, output_threshold, a):
+    def xnor_conv2d_bits(self, xp, w, scale, bias, channels, output_threshold, a, shuffle_output):
         return self.tk.xnor_conv2d_bits(xp, w, scale, bias, channels=channels,
                                         output_threshold=output_threshold, strides=a.strides,
-                                        pads=a.pads, dilations=a.dilations, group=a.group, relu=a.relu)
+                                        pads=a.pads, dilations=a.dilations, group=a.group, relu=a.relu,
+                                        shuffle_output=shuffle_output)
 
     def bit_max_pool(self, xp, kernel_shape, strides, pads):
         return self.tk.bit_max_pool(xp, kernel_shape=kernel_shape, strides=strides, pads=pads)
@@ -404,6 +405,9 @@ class OnnxRunner:
         k = self.kernels
         op = n.op_type
         if op == "XnorConv2d":
+            if "shuffle_output" in at:  # ignoring it would give the unshuffled channels
+                raise ValueError("shuffle_output is an attribute of the bit ops (XnorConv2dBits*), not of "
+                                 "XnorConv2d v1")
             a = _conv_attrs(at)
             return lambda x, w, thr, scale, bias: k.xnor_conv2d(x, w, thr, scale, bias, a)
         if op in ("XnorConv2dBits", "XnorConv2dBitsBinarize"):
@@ -413,9 +417,12 @@ class OnnxRunner:
             channels = int(at["channels"])
             if not 1 <= channels <= 1 << 24:
                 raise ValueError(f"channels must be in [1, 2**24], got {channels}")
+            shuffle = at.get("shuffle_output", 0)
+            if shuffle not in (0, 1):
+                raise ValueError(f"shuffle_output must be 0 or 1, got {shuffle!r}")
             if op == "XnorConv2dBits":
-                return lambda xp, w, scale, bias: k.xnor_conv2d_bits(xp, w, scale, bias, channels, None, a)
-            return lambda xp, w, scale, bias, thr: k.xnor_conv2d_bits(xp, w, scale, bias, channels, thr, a)
+                return lambda xp, w, scale, bias: k.xnor_conv2d_bits(xp, w, scale, bias, channels, None, a, shuffle)
+            return lambda xp, w, scale, bias, thr: k.xnor_conv2d_bits(xp, w, scale, bias, channels, thr, a, shuffle)
         if op == "BitMaxPool":
             a = _pool_attrs(at)
             return lambda xp: k.bit_max_pool(xp, a.kernel_shape, a.strides, a.pads)

@@ -123,6 +123,9 @@ def _compile(op, capability, input_shape, num_filters, channels, config, ptx_ver
         raise AotError(f"compute capability {capability} is not a CUDA target Triton builds for (75 and up)")
     spec = tk.launch_spec(op, input_shape=input_shape, num_filters=num_filters, channels=channels, config=config,
                           **attrs)
+    if spec.zeroed_output:
+        raise AotError(f"{op}: with shuffle_output and group > 1 the kernel ORs bits into a zeroed output, which an "
+                       "AOT launch does not zero")
     fn = getattr(tk.kernels(interpret=False), spec.kernel)
     signature, n_inputs = _signature(fn, spec)
     pointer_attrs = {(i,): [["tt.divisibility", POINTER_ALIGN]] for i, t in enumerate(signature.values())

@@ -2,7 +2,9 @@
 table and the launch descriptions are in xnorpipe/gpu/triton_kernels.py. The three
 convolutions share `_conv_tile` (the integer sums of a tile), `_output_transform` and their
 stores; its constexpr ALGO picks how the sums are made: "popcount" (`_group_xor_popcount`) or
-"dot" (`_group_dot`, int8 tensor cores).
+"dot" (`_group_dot`, int8 tensor cores). Bit inputs read each group's words through
+`_group_bit_words` (constexpr SPLIT_WORDS: groups that start inside words); SHUFFLE moves each
+filter's output to its ChannelShuffle channel (`_shuffled`).
 
 `triton_kernels.kernels()` executes this file as two private modules, one under
 TRITON_INTERPRET=1 (interpreter functions, for CPU tensors) and one without (JIT functions, for
@@ -59,8 +61,25 @@ def _binarize_words(x_img, thr_ptr, pix, live, c0, nch, HW):
 
 
 @triton.jit
+def _group_bit_words(img, word0, sh, q, offs, mask, Cg, HW, SPLIT_WORDS: tl.constexpr):
+    """uint32 words of a group's channels from a bit tensor: element (.., k, ..) holds the group's
+    channels 32 q[k] .. 32 q[k] + 31 in bits 0..31, at pixel offsets `offs` (broadcast with the
+    words) where `mask`. The group's channels start at bit `sh` of word `word0`; without
+    SPLIT_WORDS sh is 0 (whole-word groups: one load per word). With it, a word's channels may
+    straddle two words of the tensor: a funnel shift of both, the second loaded only where the
+    channels reach into it. Bits past the group are left for the caller to mask."""
+    lo = tl.load(img + (word0 + q) * HW + offs, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if SPLIT_WORDS:
+        need_hi = sh + tl.minimum(Cg - q * 32, 32) > 32
+        hi = tl.load(img + (word0 + q + 1) * HW + offs, mask=mask & need_hi, other=0).to(tl.uint32, bitcast=True)
+        s = sh.to(tl.uint32)
+        lo = (lo >> s) | ((hi << 1) << (31 - s))  # hi << (32 - s) without a shift by 32 (s = 0: none)
+    return lo
+
+
+@triton.jit
 def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, Cg, NWG, H, W,
-                        KH, KW, DH, DW, FLOAT_IN: tl.constexpr, BLOCK_P: tl.constexpr,
+                        KH, KW, DH, DW, FLOAT_IN: tl.constexpr, SPLIT_WORDS: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """int32 [BLOCK_M, BLOCK_P]: popcount(Wb ^ Xb) over the in-image taps and the Cg channels of
     group g, for the filters where `col_ok` and the tile's pixels (origins ih0, iw0). Each step
@@ -74,6 +93,12 @@ def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_o
     last_mask = tl.full([BLOCK_K], 0xFFFFFFFF, tl.uint32) >> (32 - (Cg - (NWG - 1) * 32)).to(tl.uint32)
     kq = tl.arange(0, BLOCK_K)
     HW = H * W
+    if SPLIT_WORDS:  # bit inputs: the group's first channel is bit sh of word word0
+        word0 = (g * Cg) // 32
+        sh = g * Cg - word0 * 32
+    else:
+        word0 = g * NWG
+        sh = 0
     for tap in range(taps):
         i = tap // KW
         ih = ih0 + i * DH
@@ -88,9 +113,8 @@ def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_o
             x_mask = tl.where(live, word_mask[:, None], 0)  # padding taps, words past NWG, bits past Cg: 0
             if FLOAT_IN:
                 a = _binarize_words(in_img, thr_ptr, pix, live, g * Cg + q * 32, Cg - q * 32, HW)
-            else:  # bits [N, words, H, W]; group g's words start at g * NWG (Cg % 32 == 0)
-                a = tl.load(in_img + (g * NWG + q)[:, None] * HW + pix[None, :], mask=live,
-                            other=0).to(tl.uint32, bitcast=True)
+            else:  # bits [N, words, H, W]
+                a = _group_bit_words(in_img, word0, sh, q[:, None], pix[None, :], live, Cg, HW, SPLIT_WORDS)
             b = tl.load(w_ptr + w_rows[None, :] + tap * NWG + q[:, None], mask=q_ok[:, None] & col_ok[None, :],
                         other=0).to(tl.uint32, bitcast=True)  # [K, M]
             x = (b[:, :, None] ^ a[:, None, :]) & x_mask[:, None, :]  # [K, M, P]
@@ -149,8 +173,8 @@ def _valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, Cg, NWG, H, W,
-               KH, KW, DH, DW, FLOAT_IN: tl.constexpr, GROUPED: tl.constexpr, BLOCK_P: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+               KH, KW, DH, DW, FLOAT_IN: tl.constexpr, GROUPED: tl.constexpr, SPLIT_WORDS: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc (int32 [BLOCK_M, BLOCK_P]) plus the contract's sum of Wb * Xb over the in-image taps
     and the Cg channels of group g (filters outside `col_ok`: + 0), as int8 tensor-core dots.
     One accumulator serves every group of a tile: no second one to hold in registers.
@@ -168,6 +192,12 @@ def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, C
     slots = taps * NWG
     w_rows = offs_m * slots  # W is [M, kH, kW, NWG]
     HW = H * W
+    if SPLIT_WORDS:  # bit inputs: the group's first channel is bit sh of word word0
+        word0 = (g * Cg) // 32
+        sh = g * Cg - word0 * 32
+    else:
+        word0 = g * NWG
+        sh = 0
     if GROUPED:
         w_keep = tl.where(col_ok, -1, 0)[:, None]
     else:  # rows past M are computed and never stored
@@ -201,8 +231,9 @@ def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, C
             t = tl.load(thr_ptr + g * Cg + ch, mask=ch_ok, other=0.0)
             x_pm1 = tl.reshape(tl.where(live, tl.where(xv >= t[:, :, None], 1, -1), 0).to(tl.int8),
                                (BLOCK_K * 32, BLOCK_P))
-        else:  # bits [N, words, H, W]; group g's words start at g * NWG (Cg % 32 == 0)
-            xq = tl.load(in_img + (g * NWG + q)[None, :] * HW + ih * W + iw, mask=valid, other=0)  # [P, K]
+        else:  # bits [N, words, H, W]
+            xq = _group_bit_words(in_img, word0, sh, q[None, :], ih * W + iw, valid, Cg, HW,
+                                  SPLIT_WORDS).to(tl.int32, bitcast=True)  # [P, K]
             x_pm1 = tl.trans(tl.reshape(_unpack_pm1(xq & live_bits[None, :], tl.where(valid, -1, 0)),
                                         (BLOCK_P, BLOCK_K * 32)))
         acc = tl.dot(w_pm1, x_pm1, acc, out_dtype=tl.int32)
@@ -220,12 +251,13 @@ def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, C
 @triton.jit
 def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
                FLOAT_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr):
+               BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr, SPLIT_WORDS: tl.constexpr):
     """This program's tile: (n, pixel offsets, pixel mask, first filter, filter offsets, filter
     mask, the contract's integer sums int32 [BLOCK_M, BLOCK_P]). Program id 0 = (image, pixel
     tile, filter block), filter block fastest, so blocks that read the same input run together.
     ALGO "popcount": XOR + popcount on the CUDA cores (`_group_xor_popcount`); "dot": int8
-    tensor-core dots of the unpacked +-1 values (`_group_dot`)."""
+    tensor-core dots of the unpacked +-1 values (`_group_dot`). SPLIT_WORDS: bit inputs whose
+    groups start inside words (C/group not a multiple of 32; `_group_bit_words`)."""
     P = Ho * Wo
     m_blocks = (M + BLOCK_M - 1) // BLOCK_M
     per_image = ((P + BLOCK_P - 1) // BLOCK_P) * m_blocks
@@ -256,11 +288,13 @@ def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, P
             g_last = (tl.minimum(m0 + BLOCK_M, M) - 1) // Mg
             for g in range(m0 // Mg, g_last + 1):
                 sums = _group_dot(sums, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, m_ok & (offs_m // Mg == g),
-                                  Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, True, BLOCK_P, BLOCK_M, BLOCK_K)
+                                  Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, True, SPLIT_WORDS, BLOCK_P, BLOCK_M,
+                                  BLOCK_K)
         else:
             sums = _group_dot(tl.full([BLOCK_M, BLOCK_P], 0, tl.int32), in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok,
-                              offs_m, m_ok, Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, False, BLOCK_P, BLOCK_M, BLOCK_K)
-        if not FLOAT_IN:  # the bit words' channels past Cg, -1 on both sides (grouped: Cg % 32 == 0)
+                              offs_m, m_ok, Cg, NWG, H, W, KH, KW, DH, DW, FLOAT_IN, False, False, BLOCK_P, BLOCK_M,
+                              BLOCK_K)
+        if not FLOAT_IN:  # the bit words' channels past Cg, -1 on both sides (each group: its own rows)
             dead = NWG * 32 - Cg
             if dead != 0:
                 sums -= (dead * _valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P))[None, :]
@@ -272,11 +306,11 @@ def _conv_tile(in_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, P
             for g in range(m0 // Mg, g_last + 1):
                 col = m_ok & (offs_m // Mg == g)
                 part = _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col, Cg, NWG, H, W,
-                                           KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+                                           KH, KW, DH, DW, FLOAT_IN, SPLIT_WORDS, BLOCK_P, BLOCK_M, BLOCK_K)
                 acc += tl.where(col[:, None], part, 0)
         else:
             acc = _group_xor_popcount(in_img, thr_ptr, w_ptr, 0, ih0, iw0, p_ok, offs_m, m_ok, Cg, NWG, H, W,
-                                      KH, KW, DH, DW, FLOAT_IN, BLOCK_P, BLOCK_M, BLOCK_K)
+                                      KH, KW, DH, DW, FLOAT_IN, False, BLOCK_P, BLOCK_M, BLOCK_K)
         sums = (_valid_taps(ih0, iw0, H, W, KH, KW, DH, DW, BLOCK_P) * Cg)[None, :] - 2 * acc
     return n, offs_p, p_ok, m0, offs_m, m_ok, sums
 
@@ -290,6 +324,15 @@ def _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU):
     y = y + bias[:, None]
     # A scalar condition outside: the interpreter mishandles `scalar_bool & block_bool`.
     return tl.where(RELU != 0, tl.where(y < 0.0, 0.0, y), y)
+
+
+@triton.jit
+def _shuffled(offs_m, M, G):
+    """The output channel of filter m with shuffle_output: ShuffleNet's channel shuffle with G
+    groups, group g's j-th filter (m = g * M/G + j) to channel j * G + g."""
+    Mg = M // G
+    g = offs_m // Mg
+    return (offs_m - g * Mg) * G + g
 
 
 @triton.jit
@@ -307,7 +350,7 @@ def xnor_conv2d_kernel(x_ptr, w_ptr, thr_ptr, scale_ptr, bias_ptr,
     """XnorConv2d: X float [N, C, H, W] -> Y float [N, M, Ho, Wo], binarization fused."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         x_ptr, thr_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        True, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
+        True, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO, False)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
     _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
 
@@ -317,13 +360,16 @@ def xnor_conv2d_bits_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr,
                             C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
                             y_ptr,
                             BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                            GROUPED: tl.constexpr, ALGO: tl.constexpr):
-    """XnorConv2dBits: bits [N, ceil(C/32), H, W] -> Y float [N, M, Ho, Wo]."""
+                            GROUPED: tl.constexpr, ALGO: tl.constexpr, SPLIT_WORDS: tl.constexpr,
+                            SHUFFLE: tl.constexpr):
+    """XnorConv2dBits: bits [N, ceil(C/32), H, W] -> Y float [N, M, Ho, Wo]. SHUFFLE
+    (shuffle_output with group > 1): filter m writes output channel `_shuffled`(m)."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO, SPLIT_WORDS)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
-    _store_float(y_ptr, y, n, offs_p, p_ok, offs_m, m_ok, M, Ho * Wo)
+    out_m = _shuffled(offs_m, M, G) if SHUFFLE else offs_m
+    _store_float(y_ptr, y, n, offs_p, p_ok, out_m, m_ok, M, Ho * Wo)
 
 
 @triton.jit(do_not_specialize=_CONV_SCALARS)
@@ -331,24 +377,35 @@ def xnor_conv2d_bits_binarize_kernel(xp_ptr, w_ptr, scale_ptr, bias_ptr, othr_pt
                                      C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G, RELU,
                                      out_ptr,
                                      BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-                                     BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr):
+                                     BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, ALGO: tl.constexpr,
+                                     SPLIT_WORDS: tl.constexpr, SHUFFLE: tl.constexpr):
     """XnorConv2dBitsBinarize: bits -> bits [N, ceil(M/32), Ho, Wo], bit m = Y[m] >=
     output_threshold[m] with Y computed exactly as XnorConv2dBits (NaN: 0; bits past M: 0).
-    BLOCK_M is a multiple of 32, so every output word belongs to one program."""
+    BLOCK_M is a multiple of 32, so every output word belongs to one program. With SHUFFLE,
+    filter m's bit is output channel `_shuffled`(m), compared with that channel's threshold: the
+    bits of a word come from several groups, so several programs, and each program ORs its set
+    bits into the output atomically (the wrapper zeroes the output first)."""
     n, offs_p, p_ok, m0, offs_m, m_ok, sums = _conv_tile(
         xp_ptr, xp_ptr, w_ptr, C, H, W, M, Ho, Wo, KH, KW, SH, SW, PT, PL, DH, DW, G,
-        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO)
+        False, BLOCK_P, BLOCK_M, BLOCK_K, GROUPED, ALGO, SPLIT_WORDS)
     y = _output_transform(sums, scale_ptr, bias_ptr, offs_m, m_ok, RELU)
-    t = tl.load(othr_ptr + offs_m, mask=m_ok, other=0.0)
-    one = tl.full([BLOCK_M, BLOCK_P], 1, tl.uint32)
-    bits = tl.where((y >= t[:, None]) & m_ok[:, None], one << (offs_m % 32)[:, None].to(tl.uint32), 0)
-    words = _sum(tl.reshape(bits, (BLOCK_M // 32, 32, BLOCK_P)), 1)  # distinct bits: sum = OR
     P = Ho * Wo
     NWM = (M + 31) // 32
-    offs_q = m0 // 32 + tl.arange(0, BLOCK_M // 32)
     out = out_ptr + n.to(tl.int64) * NWM * P
-    tl.store(out + offs_q[:, None] * P + offs_p[None, :], words.to(tl.int32, bitcast=True),
-             mask=(offs_q < NWM)[:, None] & p_ok[None, :])
+    one = tl.full([BLOCK_M, BLOCK_P], 1, tl.uint32)
+    if SHUFFLE:
+        out_m = _shuffled(offs_m, M, G)
+        t = tl.load(othr_ptr + out_m, mask=m_ok, other=0.0)
+        bits = tl.where((y >= t[:, None]) & m_ok[:, None], one << (out_m % 32)[:, None].to(tl.uint32), 0)
+        tl.atomic_or(out + (out_m // 32)[:, None] * P + offs_p[None, :], bits.to(tl.int32, bitcast=True),
+                     mask=(bits != 0) & p_ok[None, :], sem="relaxed")
+    else:
+        t = tl.load(othr_ptr + offs_m, mask=m_ok, other=0.0)
+        bits = tl.where((y >= t[:, None]) & m_ok[:, None], one << (offs_m % 32)[:, None].to(tl.uint32), 0)
+        words = _sum(tl.reshape(bits, (BLOCK_M // 32, 32, BLOCK_P)), 1)  # distinct bits: sum = OR
+        offs_q = m0 // 32 + tl.arange(0, BLOCK_M // 32)
+        tl.store(out + offs_q[:, None] * P + offs_p[None, :], words.to(tl.int32, bitcast=True),
+                 mask=(offs_q < NWM)[:, None] & p_ok[None, :])
 
 
 @triton.jit(do_not_specialize=_POOL_SCALARS)

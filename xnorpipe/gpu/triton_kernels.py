@@ -26,6 +26,14 @@ one per layer, `config={"algo": ...}` overrides it):
   triton_jit._unpack_pm1) and `tl.dot` accumulates in int32: exact, |sum| <= taps * C < 2**24
   (checked by launch_spec). Zeros stand for padding taps, so the contract's zero padding costs
   nothing; channels past C/group are -1 on both sides and subtracted afterwards.
+Bit inputs with group > 1: group g's channels g*C/group .. sit wherever they are in the words;
+where C/group is not a multiple of 32 (constexpr SPLIT_WORDS) each of the group's words is a
+funnel shift of two input words, the second loaded only where the group reaches into it; whole-
+word groups compile exactly as before (one load per word). `shuffle_output` (constexpr SHUFFLE)
+maps filter m to its ChannelShuffle output channel in the epilogue: a float output stores the
+row there, a bit output ORs each set bit into its word atomically (the bits of one word come
+from several groups, hence several programs), into an output the launcher zeroes
+(`LaunchSpec.zeroed_output`; an AOT launch does not, so triton_aot refuses that kernel).
 The float-input op binarizes X inside the kernel (x >= threshold, NaN -> 0; "dot" straight to
 +-1 int8): no bit tensor is written, and the op stays one launch (TensorRT's AOT plugin runs
 one kernel).
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import math
 import sys
@@ -164,10 +173,13 @@ class LaunchSpec:
     grid_per_image: tuple[int, int, int] = (1, 1, 1)
     out_shape: tuple[int, int, int] = (1, 1, 1)  # per image
     out_dtype: str = "float32"
+    # The kernel ORs bits into its output (XnorConv2dBitsBinarize with shuffle_output): the
+    # launcher zeroes the output first.
+    zeroed_output: bool = False
 
     def config(self) -> dict:
         """The tile configuration (what `kernel_config` returns)."""
-        tiles = {k: v for k, v in self.constexprs.items() if k != "ALGO"}
+        tiles = {k: v for k, v in self.constexprs.items() if k not in ("ALGO", "SPLIT_WORDS", "SHUFFLE")}
         algo = {"algo": self.constexprs["ALGO"]} if "ALGO" in self.constexprs else {}
         return {"op": self.op, "kernel": self.kernel, **algo, **tiles, "num_warps": self.num_warps,
                 "num_stages": self.num_stages, "grid_per_image": list(self.grid_per_image)}
@@ -208,11 +220,61 @@ def _pow2_at_least(v: int, lo: int, cap: int) -> int:
     return max(lo, min(cap, triton.next_power_of_2(v)))
 
 
+# The largest block tensor a program may hold (launch_spec refuses more): the GPU's tables stay
+# far below it; the interpreter's tiles are chosen up to it.
+MAX_TILE_ELEMENTS = 2**16
+# The interpreter's fixed cost of one program step (a few dozen NumPy calls), in elements of
+# per-element work (measured on nin_xnornet-size layers: a step of 2**14 elements costs about
+# twice an empty one).
+_INTERPRETER_STEP_COST = 2**14
+# Constexprs that follow from the op and its attributes, never from `config`.
+FIXED_CONSTEXPRS = ("GROUPED", "ALGO", "SPLIT_WORDS", "SHUFFLE")
+
+
+def _interpreter_tiles(axes: dict[str, tuple[int, int, int]], tile_elements, units=None) -> dict[str, int]:
+    """The interpreter's tile: per BLOCK_ axis (extent, smallest, largest) a power of two, the
+    combination whose `tile_elements(tiles)` is within MAX_TILE_ELEMENTS and whose program
+    steps (`units(tiles)`, default the product of ceil(extent / tile)) cost least, each step
+    costing its elements (padding included) plus a fixed overhead. The interpreter runs NumPy
+    per program step, so the tiles come out as large as the limit allows unless padding
+    outweighs a step."""
+    import itertools
+
+    names = list(axes)
+    choices = []
+    for extent, lo, hi in axes.values():
+        top = _pow2_at_least(extent, lo, hi)
+        choices.append([1 << k for k in range(lo.bit_length() - 1, top.bit_length())])
+    best, best_cost = None, None
+    for combo in itertools.product(*choices):
+        tiles = dict(zip(names, combo))
+        elements = tile_elements(tiles)
+        if elements > MAX_TILE_ELEMENTS:
+            continue
+        steps = units(tiles) if units else math.prod(_cdiv(axes[k][0], v) for k, v in tiles.items())
+        cost = (steps * (_INTERPRETER_STEP_COST + elements), elements)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = tiles, cost
+    if best is None:  # the smallest tiles exceed the limit: not reachable with the tables' bounds
+        raise AssertionError(f"no interpreter tile within {MAX_TILE_ELEMENTS} elements for {axes}")
+    return best
+
+
+def _tile_elements(op: str, algo: str | None, tiles: dict) -> int:
+    """Elements of a program's largest block tensor: popcount's [K, M, P] XOR, the dot's
+    operands and accumulator (K word slots = 32 K int8 channels), Binarize's [W, 32, P] floats,
+    BitMaxPool's [P] words."""
+    if algo == "dot":
+        bk, bm, bp = 32 * tiles["BLOCK_K"], tiles["BLOCK_M"], tiles["BLOCK_P"]
+        return max(bm * bp, bk * bp, bm * bk)
+    return math.prod(v for k, v in tiles.items() if k.startswith("BLOCK_")) * (32 if op == "Binarize" else 1)
+
+
 def _override(op: str, table: dict, config: dict | None) -> dict:
     """The table's entries, with those of `config` (BLOCK_* powers of two, num_warps,
     num_stages; `algo` is applied by the caller, before the table is chosen) in their place."""
     cfg = dict(table)
-    fixed = ("GROUPED", "ALGO")
+    fixed = FIXED_CONSTEXPRS
     for key, value in (config or {}).items():
         if key == "algo" and "ALGO" in table:
             continue
@@ -258,7 +320,9 @@ def _dot_block_k(slots: int, choices=(1, 2, 4)) -> int:
     return min(choices, key=lambda k: (_cdiv(slots, k) * (DOT_STEP_COST + k), k))
 
 
-def _conv_config(op: str, m: int, cg: int, p: int, taps: int, grouped: bool, interpret: bool, algo: str) -> dict:
+@functools.lru_cache(maxsize=1024)
+def _conv_config(op: str, m: int, cg: int, p: int, taps: int, group: int, interpret: bool, algo: str,
+                 scattered_bits: bool = False) -> dict:
     """The tile table of the convolutions: (filters x pixels) tiles, BLOCK_K word slots per
     step. `config=` overrides any entry, for sweeps on a GPU.
 
@@ -269,7 +333,9 @@ def _conv_config(op: str, m: int, cg: int, p: int, taps: int, grouped: bool, int
     shared loads per 64 popc per thread, ~160 registers, no spills), else 1 (no masked word
     slots; one uniform global load per popc). The float-input op binarizes [K, 32, P] floats
     per step and grouped layers keep a second accumulator: 32 pixels and BLOCK_K = 1 there
-    (~150-200 registers; 64 pixels spill).
+    (~150-200 registers; 64 pixels spill). Bit-input layers with <= 32 filters a group take 32
+    filters (80-96 registers, also where groups start inside words; 64 filters reach 128
+    registers, where sm_90's ptxas spills).
 
     algo "dot": BLOCK_K (tap, word) slots of the filter = 32 * BLOCK_K int8 channels of K per
     step (one mma.sync m16n8k32 / wgmma k32 per slot). GPU: 64 filters x 128 pixels (64 when
@@ -277,30 +343,47 @@ def _conv_config(op: str, m: int, cg: int, p: int, taps: int, grouped: bool, int
     is m64n128k32; 95-165 registers (float inputs: up to 220), no spills, <= 32 KiB of shared
     memory on sm_80..90 for nin_xnornet's layers (the float output's epilogue holds the tile in
     shared memory: 64 x 128 x 4 bytes; 128 x 128 would need 64 KiB, more than an AOT launch
-    gets). BLOCK_K: `_dot_block_k` for bit inputs (2 for nin_xnornet's
-    1x1 layers, 4 for its 3x3), at most 2 when grouped (the loop over a tile's groups around the
-    step loop costs registers: 4 slots reach 255 registers and spill on sm_80/89), 1 for float
-    inputs (each slot loads and compares 32 floats per pixel; larger K costs registers and
-    shared memory, not time).
+    gets); 64 pixels at most with `scattered_bits` (a bit output ORed per filter, shuffle_output:
+    with 128 the per-element output addresses take 255 registers and spill on sm_80/90).
+    BLOCK_K: `_dot_block_k` for bit inputs (2 for nin_xnornet's 1x1 layers, 4 for its 3x3), at
+    most 2 when grouped (the loop over a tile's groups around the step loop costs registers: 4
+    slots reach 255 registers and spill on sm_80/89), 1 for float inputs (each slot loads and
+    compares 32 floats per pixel; larger K costs registers and shared memory, not time).
 
-    Interpreter: one program per image where the shape allows and every word of a tap (popcount)
-    or up to 8 slots (dot) per step, as NumPy runs a few big array ops faster than many small
-    ones (the masking of word slots past the end gets exercised, and the dot's step-to-step
-    slot advance too)."""
+    Interpreter: the largest tiles within MAX_TILE_ELEMENTS, for any layer size
+    (`_interpreter_tiles`: up to 1024 pixels, 256 filters, 8 words of a tap (popcount) or 8
+    slots (dot) per step), as NumPy runs a few big array ops faster than many small ones; small
+    layers run one program per image (the masking of word slots past the end gets exercised,
+    and the dot's step-to-step slot advance too). A grouped tile runs its groups one after the
+    other, so its steps count once per group it spans."""
     nwg = _cdiv(cg, 32)
     slots = taps * nwg
     bits_out = op == "XnorConv2dBitsBinarize"
+    grouped = group > 1
     if interpret:
-        block_k = _pow2_at_least(slots, 1, 8) if algo == "dot" else _pow2_at_least(nwg, 1, 8)
-        return {"BLOCK_P": _pow2_at_least(p, 16, 256), "BLOCK_M": _pow2_at_least(m, 32 if bits_out else 16, 128),
-                "BLOCK_K": block_k, "GROUPED": bool(grouped), "ALGO": algo}
+        mg = m // group
+        per_tap = algo != "dot"  # popcount steps through the words of one tap at a time
+
+        def units(t: dict) -> int:
+            bm = t["BLOCK_M"]
+            group_steps = sum((min(m0 + bm, m) - 1) // mg - m0 // mg + 1 for m0 in range(0, m, bm))
+            steps = taps * _cdiv(nwg, t["BLOCK_K"]) if per_tap else _cdiv(slots, t["BLOCK_K"])
+            return _cdiv(p, t["BLOCK_P"]) * group_steps * steps
+
+        tiles = _interpreter_tiles({"BLOCK_P": (p, 16, 1024), "BLOCK_M": (m, 32 if bits_out else 16, 256),
+                                    "BLOCK_K": (nwg if per_tap else slots, 1, 8)},
+                                   lambda t: _tile_elements(op, algo, t), units)
+        return {**tiles, "GROUPED": grouped, "ALGO": algo}
     if algo == "dot":
         block_k = 1 if op == "XnorConv2d" else _dot_block_k(slots, (1, 2) if grouped else (1, 2, 4))
-        return {"BLOCK_P": _pow2_at_least(p, 32, 128), "BLOCK_M": 64, "BLOCK_K": block_k, "GROUPED": bool(grouped),
-                "ALGO": algo, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_P": _pow2_at_least(p, 32, 64 if scattered_bits else 128), "BLOCK_M": 64, "BLOCK_K": block_k,
+                "GROUPED": bool(grouped), "ALGO": algo, "num_warps": 4, "num_stages": 2}
     small = op == "XnorConv2d" or grouped
     block_k = 1 if small or nwg % 2 else 2
-    return {"BLOCK_P": 32 if small else 64, "BLOCK_M": 32 if m <= 32 else 64, "BLOCK_K": block_k,
+    # A grouped tile runs each of its groups over the whole tile: with at most 32 filters a
+    # group, 32 rows waste none (bit inputs; the float-input op spills at 32 on sm_80, 64 not).
+    narrow = m <= 32 or (grouped and op != "XnorConv2d" and m // group <= 32)
+    return {"BLOCK_P": 32 if small else 64, "BLOCK_M": 32 if narrow else 64, "BLOCK_K": block_k,
             "GROUPED": bool(grouped), "ALGO": algo}
 
 
@@ -311,15 +394,17 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
 
     input_shape: (C, H, W) for float inputs, (words, H, W) for bit inputs. Conv ops take
     num_filters (M) and kernel_shape, strides, pads, dilations, group, relu; the bit-input
-    convs also `channels` (C). BitMaxPool takes kernel_shape, strides, pads. `config` overrides
-    entries of the tile table (BLOCK_*, num_warps, num_stages), e.g. for tuning sweeps;
-    `interpret` picks the interpreter's table (what the wrappers use for CPU tensors).
-    """
+    convs also `channels` (C) and shuffle_output (0 or 1). BitMaxPool takes kernel_shape,
+    strides, pads. `config` overrides entries of the tile table (BLOCK_*, num_warps,
+    num_stages), e.g. for tuning sweeps; `interpret` picks the interpreter's table (what the
+    wrappers use for CPU tensors)."""
     if op not in OPS:
         _fail("kernel_config", f"unknown op {op!r}; one of {', '.join(OPS)}")
     c_or_words, h, w = _ints(op, "input shape (C or words, H, W)", input_shape, 3, 1)
     if op in CONV_OPS:
         allowed = {"kernel_shape", "strides", "pads", "dilations", "group", "relu"}
+        if op != "XnorConv2d":  # XnorConv2d v1 has no shuffle_output (docs/XNORCONV2D.md)
+            allowed.add("shuffle_output")
         extra = set(attrs) - allowed
         if extra:
             _fail(op, f"unknown attribute(s) {sorted(extra)}")
@@ -328,6 +413,9 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         relu = attrs.get("relu", 0)
         if relu not in (0, 1):  # True and False included
             _fail(op, f"relu must be 0 or 1, got {relu!r}")
+        shuffle = attrs.get("shuffle_output", 0)
+        if shuffle not in (0, 1):
+            _fail(op, f"shuffle_output must be 0 or 1, got {shuffle!r}")
         a = plan.ConvAttrs(kernel_shape=_ints(op, "kernel_shape", attrs["kernel_shape"], 2, 1),
                            strides=_ints(op, "strides", _or(attrs.get("strides"), (1, 1)), 2, 1),
                            pads=_ints(op, "pads", _or(attrs.get("pads"), (0, 0, 0, 0)), 4, 0),
@@ -351,8 +439,6 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
             _fail(op, f"channels {c} not divisible by group {g}")
         if m % g:
             _fail(op, f"filters {m} must be a multiple of group {g}")
-        if op != "XnorConv2d" and g > 1 and (c // g) % 32:
-            _fail(op, f"with group > 1, channels per group must be a multiple of 32 to read bits, got {c // g}")
         if any(v > 2**20 for v in (*a.kernel_shape, *a.strides, *a.pads, *a.dilations)):
             _fail(op, "kernel_shape, strides, pads and dilations must be <= 2**20")
         ho, wo = a.output_hw(h, w)
@@ -367,7 +453,12 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         algo = (config or {}).get("algo", conv_algo(m, g))
         if algo not in ALGOS:
             _fail(op, f"config: algo must be one of {', '.join(map(repr, ALGOS))}, got {algo!r}")
-        cfg = _override(op, _conv_config(op, m, c // g, ho * wo, taps, g > 1, interpret, algo), config)
+        scattered = op == "XnorConv2dBitsBinarize" and bool(shuffle) and g > 1
+        cfg = _override(op, _conv_config(op, m, c // g, ho * wo, taps, g, interpret, algo, scattered), config)
+        if op != "XnorConv2d":
+            # Group g's channels start inside a word unless every group is whole words; the
+            # shuffle is the identity for one group.
+            cfg.update(SPLIT_WORDS=g > 1 and (c // g) % 32 != 0, SHUFFLE=bool(shuffle) and g > 1)
         if op == "XnorConv2dBitsBinarize" and cfg["BLOCK_M"] % 32:
             _fail(op, f"BLOCK_M must be a multiple of 32, got {cfg['BLOCK_M']}")
         (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a.kernel_shape, a.strides, a.pads, a.dilations
@@ -379,6 +470,7 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         grid = (_cdiv(ho * wo, cfg["BLOCK_P"]) * _cdiv(m, cfg["BLOCK_M"]), 1, 1)
         out_shape = (nw_out, ho, wo)
         out_dtype = "int32" if op == "XnorConv2dBitsBinarize" else "float32"
+        zeroed = op == "XnorConv2dBitsBinarize" and cfg["SHUFFLE"]
     elif op == "BitMaxPool":
         extra = set(attrs) - {"kernel_shape", "strides", "pads"}
         if extra:
@@ -397,6 +489,7 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         if nw * h * w > INT32_MAX or nw * ho * wo > INT32_MAX or nw > GRID_YZ_MAX:
             _fail(op, "tensor too large for the kernel's indexing")
         cfg = _override(op, {"BLOCK_P": _pow2_at_least(ho * wo, 32, 1024 if interpret else 256)}, config)
+        zeroed = False
         scalar_names = POOL_SCALARS
         scalars = (nw, h, w, ho, wo, kh, kw, sh, sw, pt, pl)
         pointers = ("*i32", "*i32")
@@ -410,31 +503,31 @@ def launch_spec(op: str, *, input_shape: Sequence[int], num_filters: int | None 
         nw = _cdiv(c, 32)
         if c * h * w > INT32_MAX or nw > GRID_YZ_MAX:
             _fail(op, "tensor too large for the kernel's indexing")
-        # GPU: [128, 1, 32] floats per program (32 per thread).
-        cfg = _override(op, {"BLOCK_P": _pow2_at_least(h * w, 32, 1024 if interpret else 128),
-                             "BLOCK_W": _pow2_at_least(nw, 1, 8) if interpret else 1}, config)
+        # GPU: [128, 1, 32] floats per program (32 per thread); interpreter: the largest tile.
+        if interpret:
+            table = _interpreter_tiles({"BLOCK_P": (h * w, 32, 1024), "BLOCK_W": (nw, 1, 8)},
+                                       lambda t: _tile_elements(op, None, t))
+        else:
+            table = {"BLOCK_P": _pow2_at_least(h * w, 32, 128), "BLOCK_W": 1}
+        cfg = _override(op, table, config)
+        zeroed = False
         scalar_names = BINARIZE_SCALARS
         scalars = (c, h * w)
         pointers = ("*fp32", "*fp32", "*i32")
         grid = (_cdiv(h * w, cfg["BLOCK_P"]), _cdiv(nw, cfg["BLOCK_W"]), 1)
         out_shape = (nw, h, w)
         out_dtype = "int32"
-    # The largest block tensor of a program: popcount's [K, M, P] XOR, the dot's operands and
-    # accumulator, Binarize's [32, P] floats per word.
-    if cfg.get("ALGO") == "dot":
-        bk, bm, bp = 32 * cfg["BLOCK_K"], cfg["BLOCK_M"], cfg["BLOCK_P"]
-        tile = max([bm, bp], [bk, bp], [bm, bk], key=math.prod)
-    else:
-        tile = [v for k, v in cfg.items() if k.startswith("BLOCK_")] + ([32] if op == "Binarize" else [])
-    if math.prod(tile) > 2**16:
-        _fail(op, f"config: a tile of {' x '.join(map(str, tile))} elements is too large")
+    elements = _tile_elements(op, cfg.get("ALGO"), cfg)
+    if elements > MAX_TILE_ELEMENTS:
+        tiles = " x ".join(f"{k} {v}" for k, v in cfg.items() if k.startswith("BLOCK_"))
+        _fail(op, f"config: {tiles} makes a block of {elements} elements, more than {MAX_TILE_ELEMENTS}")
     num_warps = int(cfg.pop("num_warps", 4))
     num_stages = int(cfg.pop("num_stages", 1))
     if num_warps not in (1, 2, 4, 8, 16, 32):
         _fail(op, f"num_warps must be a power of 2 <= 32, got {num_warps}")
     return LaunchSpec(op=op, kernel=KERNEL_NAMES[op], pointer_types=pointers, scalar_names=scalar_names,
                       scalars=scalars, constexprs=cfg, num_warps=num_warps, num_stages=num_stages,
-                      grid_per_image=grid, out_shape=out_shape, out_dtype=out_dtype)
+                      grid_per_image=grid, out_shape=out_shape, out_dtype=out_dtype, zeroed_output=zeroed)
 
 
 def kernel_config(op: str, **shape_and_attrs) -> dict:
@@ -467,7 +560,7 @@ def _vector(op: str, name: str, t, length: int, device) -> torch.Tensor:
 
 def _launch(spec: LaunchSpec, batch: int, device: torch.device, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     dtype = torch.int32 if spec.out_dtype == "int32" else torch.float32
-    out = torch.empty((batch, *spec.out_shape), dtype=dtype, device=device)
+    out = (torch.zeros if spec.zeroed_output else torch.empty)((batch, *spec.out_shape), dtype=dtype, device=device)
     if batch == 0:
         return out
     gx, gy, gz = spec.grid_per_image
@@ -482,9 +575,27 @@ def _launch(spec: LaunchSpec, batch: int, device: torch.device, inputs: Sequence
             kernel[(batch * gx, gy, gz)](*args, **spec.constexprs)
     else:
         with torch.cuda.device(device):
-            kernel[(batch * gx, gy, gz)](*args, **spec.constexprs, num_warps=spec.num_warps,
-                                         num_stages=spec.num_stages, **COMPILE_OPTIONS)
+            kernel[(batch * gx, gy, gz)](*args, **_jit_options(spec))
     return out
+
+
+def _jit_options(spec: LaunchSpec) -> dict:
+    """The keyword arguments of a compiled launch: constexprs and compile options."""
+    return {**spec.constexprs, "num_warps": spec.num_warps, "num_stages": spec.num_stages, **COMPILE_OPTIONS}
+
+
+_POINTER_DTYPES = {"*fp32": torch.float32, "*i32": torch.int32}
+
+
+def warmup(spec: LaunchSpec, device: torch.device | str = "cuda") -> None:
+    """Compile `spec`'s kernel for the CUDA `device` without launching it: Triton's JIT with the
+    arguments a launch passes (dtypes for the tensors, which Triton takes as 16-byte aligned,
+    as torch's allocations are), so it lands in Triton's on-disk cache under the key a launch of
+    the same configuration looks up, in any process. Raises what the compile raises."""
+    kernel = getattr(kernels(False), spec.kernel)
+    pointers = [_POINTER_DTYPES[t] for t in spec.pointer_types]
+    with torch.cuda.device(device):
+        kernel.warmup(*pointers[:-1], *spec.scalars, pointers[-1], grid=(1, 1, 1), **_jit_options(spec))
 
 
 def _conv_weights(op: str, w, device) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -516,18 +627,21 @@ def xnor_conv2d(x, w, threshold, scale, bias, *, strides=(1, 1), pads=(0, 0, 0, 
 
 
 def xnor_conv2d_bits(xp, w, scale, bias, *, channels, output_threshold=None, strides=(1, 1), pads=(0, 0, 0, 0),
-                     dilations=(1, 1), group=1, relu=False, config: dict | None = None) -> torch.Tensor:
+                     dilations=(1, 1), group=1, relu=False, shuffle_output=False,
+                     config: dict | None = None) -> torch.Tensor:
     """XnorConv2dBits: Xp int32 bits [N, ceil(C/32), H, W] (C = `channels`) -> Y float32
     [N, M, Ho, Wo]; with `output_threshold` (float32 [M]), XnorConv2dBitsBinarize -> int32
-    bits [N, ceil(M/32), Ho, Wo]."""
+    bits [N, ceil(M/32), Ho, Wo]. Group g reads channels g*C/group .. wherever they sit in the
+    words; `shuffle_output` shuffles the output channels as ChannelShuffle(group) (W, scale and
+    bias in grouped order, output_threshold per output channel)."""
     op = "XnorConv2dBits" if output_threshold is None else "XnorConv2dBitsBinarize"
     xp = _tensor(op, "Xp", xp, torch.int32, 4)
     device = xp.device
     w, (m, kh, kw, nwg) = _conv_weights(op, w, device)
     n, words, h, wd = xp.shape
     spec = launch_spec(op, input_shape=(words, h, wd), num_filters=m, channels=channels, kernel_shape=(kh, kw),
-                       strides=strides, pads=pads, dilations=dilations, group=group, relu=relu, config=config,
-                       interpret=interpreted(device))
+                       strides=strides, pads=pads, dilations=dilations, group=group, relu=relu,
+                       shuffle_output=shuffle_output, config=config, interpret=interpreted(device))
     c, g = spec.scalars[0], spec.scalars[CONV_SCALARS.index("G")]
     if nwg != _cdiv(c // g, 32):
         _fail(op, f"W shape {list(w.shape)} does not match [M, {kh}, {kw}, {_cdiv(c // g, 32)}] for C/group = {c // g}")
@@ -558,7 +672,6 @@ def binarize(x, threshold, *, config: dict | None = None) -> torch.Tensor:
     return _launch(spec, n, x.device, (x, _vector(op, "threshold", threshold, c, x.device)))
 
 
-
-__all__ = ["ALGOS", "CONV_OPS", "DOT_MIN_FILTERS_PER_GROUP", "OPS", "KernelArgumentError", "LaunchSpec", "binarize",
-           "bit_max_pool", "conv_algo", "interpreted", "kernel_config", "kernels", "launch_spec", "xnor_conv2d",
-           "xnor_conv2d_bits"]
+__all__ = ["ALGOS", "CONV_OPS", "DOT_MIN_FILTERS_PER_GROUP", "MAX_TILE_ELEMENTS", "OPS", "KernelArgumentError",
+           "LaunchSpec", "binarize", "bit_max_pool", "conv_algo", "interpreted", "kernel_config", "kernels",
+           "launch_spec", "warmup", "xnor_conv2d", "xnor_conv2d_bits"]
