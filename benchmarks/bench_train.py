@@ -175,7 +175,7 @@ def main():
                 rate = bench_train_step(arch, device, steps, 2 if cpu else 20, channels_last)
                 step = BATCH / rate
 
-                def share(data_rate):
+                def share(data_rate, step=step):
                     d = BATCH / data_rate
                     return f"{100 * d / (d + step):.2f} %"
 

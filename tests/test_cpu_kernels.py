@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 from conftest import require_ort_library as _library  # noqa: E402,F401  (other test files import it from here)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from xnorpipe.deploy import ir, onnx_export  # noqa: E402
 from xnorpipe.deploy.packing import num_words, pack_weights  # noqa: E402
-from xnorpipe.deploy.reference import xnor_conv2d  # noqa: E402
+from xnorpipe.deploy.reference import binarize_bits, xnor_conv2d, xnor_conv2d_bits  # noqa: E402
 
 
 def _cpu_flags() -> set[str]:
@@ -185,6 +186,48 @@ def test_bit_exact_nin_layers(path):
         want = reference(x, w, threshold, scale, bias, attrs)
         got = make_session(xnor_model(x.shape, w, threshold, scale, bias, **attrs), path).run(None, {"X": x})[0]
         assert np.array_equal(got, want), (c, m, k, group)
+
+
+# Bit ops (packed-bits) with a shuffled output and groups that are not whole words: nin_gc_xnornet's
+# folded layers and edge cases. C, M, k, pad, group, H, W
+SHUFFLED_BIT_LAYERS = [
+    (256, 512, 3, 1, 16, 16, 16),  # L3: 16 channels a group (half words), 3x3
+    (512, 1024, 3, 1, 32, 8, 8),   # L6
+    (512, 512, 1, 0, 4, 16, 16),   # L4, L5: pointwise, 4 words a group
+    (1024, 1024, 1, 0, 8, 8, 8),   # L7
+    (48, 40, 3, 1, 2, 9, 7),       # 24 a group: group 1 straddles two words
+    (60, 36, 1, 0, 3, 5, 33),      # 20 a group, pointwise with a pixel tail
+]
+
+
+@pytest.mark.parametrize("path", available_paths())
+def test_bit_ops_with_shuffled_output_and_partial_word_groups(path):
+    """XnorConv2dBits (float out) and XnorConv2dBitsBinarize (bits out) with `shuffle_output`
+    on and off, bit-exact against the reference, with one and two threads (each call big enough
+    to be split into tasks at batch 2)."""
+    rng = np.random.default_rng(17)
+    layers = SHUFFLED_BIT_LAYERS[4:] if path == "reference" else SHUFFLED_BIT_LAYERS
+    for c, m, k, pad, group, h, w in layers:
+        for shuffle in (True, False):
+            layer = ir.BinaryConv(weight_bits=pack_weights(rng.random((m, c // group, k, k)) < 0.5),
+                                  threshold=np.zeros(c, np.float32), scale=rng.uniform(0.01, 1, m).astype(np.float32),
+                                  bias=rng.normal(0, 2, m).astype(np.float32), kernel_shape=(k, k),
+                                  pads=(pad,) * 4, group=group, relu=True, shuffle_output=shuffle)
+            xp = binarize_bits(rng.normal(0, 1, (2, c, h, w)).astype(np.float32), np.zeros(c, np.float32))
+            attrs = dict(pads=layer.pads, group=group, relu=True, shuffle_output=shuffle)
+            y = xnor_conv2d_bits(xp, c, layer.weight_bits, layer.scale, layer.bias, **attrs)
+            out_thr = np.median(y, axis=(0, 2, 3)).astype(np.float32)
+            out_thr[::5] = y[0, ::5, 0, 0]  # exactly at an output value
+            for out in (None, out_thr):
+                want = y if out is None else binarize_bits(y, out)
+                model = onnx_export.xnor_conv_bits_model(layer, (2, c, h, w), output_threshold=out)
+                del model.functions[:]  # the library or nothing
+                for threads in (1, 2):
+                    got = make_session(model.SerializeToString(), path, threads).run(None, {"X": xp})[0]
+                    assert np.array_equal(got, want), (path, c, m, k, group, shuffle, out is not None, threads)
+            if shuffle:
+                assert not np.array_equal(y, xnor_conv2d_bits(xp, c, layer.weight_bits, layer.scale, layer.bias,
+                                                              pads=layer.pads, group=group, relu=True))
 
 
 def test_default_path_matches_reference():

@@ -148,7 +148,7 @@ def test_cmake_without_nvcc_is_a_clean_no_op(tmp_path):
     env["PATH"] = "/usr/bin:/bin"  # no nvcc on it; the HINTS /usr/local/cuda/bin remains a candidate
     r = subprocess.run(["cmake", "-S", tmp_path / "src", "-B", tmp_path / "b",
                         "-DXNORPIPE_NVCC=XNORPIPE_NVCC-NOTFOUND", "-UXNORPIPE_NVCC",
-                        f"-DCMAKE_IGNORE_PATH=/usr/local/cuda/bin;/usr/local/cuda-13.0/bin;/usr/local/bin"],
+                        "-DCMAKE_IGNORE_PATH=/usr/local/cuda/bin;/usr/local/cuda-13.0/bin;/usr/local/bin"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     if NVCC and Path(NVCC).parent.as_posix() in ("/usr/bin", "/bin"):

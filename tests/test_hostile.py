@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_image_tree, write_pickle_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Hostile single-node models against libxnorpipe_ort.so: extreme, negative and wrongly typed
-attributes, wrong input ranks, dtypes and shapes, an empty batch, for all seven custom ops.
+attributes, wrong input ranks, dtypes and shapes, an empty batch, for all eight custom ops.
 
 Each case runs in a child interpreter (native code may crash: it must not), once with one
 intra-op thread and once with four, so that errors raised inside ORT's thread pool are covered.
@@ -81,6 +81,16 @@ def _cases() -> dict[str, Case]:
 
     def binarize(x=xf, error=(), shape=None, **inits):
         return Case("Binarize", x, {"threshold": thr_c, **inits}, {}, error, shape)
+
+    xu = rng.integers(0, 256, (1, hw, hw, 3), dtype=np.uint8)  # ConvIntegerBinarize: a uint8 NHWC image
+
+    def intbin(attrs, x=xu, error=(), shape=None, k=3, mm=m, **inits):
+        cin = x.shape[3] if x.ndim == 4 else 3
+        base = dict(W=rng.integers(-128, 128, (mm, cin, k, k), dtype=np.int8), x_zero_point=np.full(cin, 120, np.uint8),
+                    pad_value=np.full((mm, k, k), -7, np.int16), threshold=np.zeros(mm, np.int32),
+                    margin=np.full(mm, 50, np.int32), fine_weight=np.full((mm, cin, k, k), 3, np.int32),
+                    fine_pad_value=np.zeros((mm, k, k), np.int32), fine_threshold=np.zeros(mm, np.int64))
+        return Case("ConvIntegerBinarize", x, {**base, **inits}, {"kernel_shape": [k, k], **attrs}, error, shape)
 
     k3 = {"kernel_shape": [3, 3]}
     cases = {
@@ -175,7 +185,9 @@ def _cases() -> dict[str, Case]:
         "bits_channels_vs_words": bits_op({"channels": 100}, error=("XnorConv2dBits", "words per pixel")),
         "bits_binarize_channels_vs_words": bits_op({"channels": 32}, op="XnorConv2dBitsBinarize",
                                                    error=("XnorConv2dBitsBinarize", "words per pixel")),
-        "bits_group_partial_words": bits_op({"channels": 40, "group": 2}, error=("XnorConv2dBits", "multiple of 32")),
+        "bits_shuffle_output": bits_op({"shuffle_output": 3}, error=("XnorConv2dBits", "must be 0 or 1")),
+        "bits_shuffle_output_float": bits_op({"shuffle_output": 1.0}, op="XnorConv2dBitsBinarize",
+                                             error=("XnorConv2dBitsBinarize", "must be an int")),
         "xnor_filters_group": xnor({**k3, "group": 3}, error=("XnorConv2d", "divisible")),
         # An empty batch: an empty output of the right shape, as stock ORT gives for the portable model.
         "xnor_batch0": xnor({**k3, "strides": [2, 2], "pads": [1, 1, 1, 1]}, x=np.zeros((0, c, 7, 7), np.float32),
@@ -194,6 +206,49 @@ def _cases() -> dict[str, Case]:
         "convbin_output_empty": convbin({}, k=7, error=("ConvBinarize", "output size")),
         "avgpool_output_empty": avgpool({"kernel_shape": [7, 7]}, error=("AvgPoolBinarize", "output size")),
         "bitmaxpool_output_empty": maxpool({"kernel_shape": [7, 7]}, error=("BitMaxPool", "output size")),
+        # ConvIntegerBinarize (the integer first layer): the same classes of hostile input.
+        "intbin_ok": intbin({"pads": [1, 1, 1, 1]}, shape=(1, _words(m), hw, hw)),
+        "intbin_batch0": intbin({}, x=np.zeros((0, 5, 3, 3), np.uint8), shape=(0, _words(m), 3, 1)),
+        "intbin_output_empty": intbin({}, k=7, error=("ConvIntegerBinarize", "output size")),
+        "intbin_huge_pads": intbin({"pads": [HUGE] * 4}, error=("ConvIntegerBinarize", "pads", "65536")),
+        "intbin_huge_dilation": intbin({"dilations": [1, 2**33]}, error=("ConvIntegerBinarize", "dilations")),
+        "intbin_negative_pad": intbin({"pads": [0, -1, 0, 0]}, error=("ConvIntegerBinarize", "pads")),
+        "intbin_zero_stride": intbin({"strides": [0, 1]}, error=("ConvIntegerBinarize", "strides")),
+        # (C + 1) * kH * kW = 4 * 100 * 100 > 32768: int32 sums could overflow.
+        "intbin_too_many_taps": intbin({"pads": [50] * 4}, k=100, mm=1,
+                                       error=("ConvIntegerBinarize", "exceeds 32768")),
+        "intbin_huge_output": intbin({"pads": [65536] * 4}, k=1, error=("ConvIntegerBinarize", "output", "elements")),
+        # A work item's padded rows: 131071 rows x 131073 pixels x 16 channels (two images).
+        "intbin_huge_scratch": intbin({"kernel_shape": [2, 1], "dilations": [65535, 1], "strides": [65535, 1],
+                                       "pads": [65535, 65536, 65535, 65536]}, x=np.zeros((2, 1, 1, 16), np.uint8),
+                                      k=1, mm=1, W=np.zeros((1, 16, 2, 1), np.int8),
+                                      pad_value=np.zeros((1, 2, 1), np.int16),
+                                      fine_weight=np.zeros((1, 16, 2, 1), np.int32),
+                                      fine_pad_value=np.zeros((1, 2, 1), np.int32),
+                                      error=("ConvIntegerBinarize", "padded input rows")),
+        "intbin_kernel_int": intbin({"kernel_shape": 3}, error=("ConvIntegerBinarize", "kernel_shape", "must be ints")),
+        "intbin_pads_floats": intbin({"pads": [1.0] * 4}, error=("ConvIntegerBinarize", "pads", "must be ints")),
+        "intbin_auto_pad": intbin({"auto_pad": "VALID"}, error=("ConvIntegerBinarize", "auto_pad")),
+        "intbin_x_float": intbin({}, x=xu.astype(np.float32), error=("ConvIntegerBinarize",)),
+        "intbin_x_nchw_rank3": intbin({}, x=xu.reshape(1, hw, hw * 3), error=("ConvIntegerBinarize",)),
+        "intbin_w_uint8": intbin({}, W=np.zeros((m, 3, 3, 3), np.uint8), error=("ConvIntegerBinarize",)),
+        "intbin_w_channels": intbin({}, W=np.zeros((m, 4, 3, 3), np.int8), error=("ConvIntegerBinarize", "W must be")),
+        "intbin_zero_point_len": intbin({}, x_zero_point=np.zeros(4, np.uint8),
+                                        error=("ConvIntegerBinarize", "x_zero_point must be")),
+        "intbin_pad_value_int32": intbin({}, pad_value=np.zeros((m, 3, 3), np.int32), error=("ConvIntegerBinarize",)),
+        "intbin_pad_value_shape": intbin({}, pad_value=np.zeros((m, 3, 2), np.int16),
+                                         error=("ConvIntegerBinarize", "pad_value must be")),
+        "intbin_threshold_float": intbin({}, threshold=np.zeros(m, np.float32), error=("ConvIntegerBinarize",)),
+        "intbin_threshold_len": intbin({}, threshold=np.zeros(m + 1, np.int32),
+                                       error=("ConvIntegerBinarize", "threshold must be")),
+        "intbin_margin_int64": intbin({}, margin=np.zeros(m, np.int64), error=("ConvIntegerBinarize",)),
+        "intbin_fine_weight_int8": intbin({}, fine_weight=np.zeros((m, 3, 3, 3), np.int8),
+                                          error=("ConvIntegerBinarize",)),
+        "intbin_fine_weight_shape": intbin({}, fine_weight=np.zeros((m, 3, 3, 1), np.int32),
+                                           error=("ConvIntegerBinarize", "fine_weight must be")),
+        "intbin_fine_threshold_int32": intbin({}, fine_threshold=np.zeros(m, np.int32), error=("ConvIntegerBinarize",)),
+        "intbin_fine_pad_value_len": intbin({}, fine_pad_value=np.zeros((m + 1, 3, 3), np.int32),
+                                            error=("ConvIntegerBinarize", "fine_pad_value must be")),
     }
     return cases
 
@@ -311,7 +366,7 @@ def test_hostile_node(outcomes, name, threads):
 def test_every_op_is_covered():
     ops = {case.op for case in CASES.values()}
     assert ops == {"XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize", "Binarize", "BitMaxPool",
-                   "ConvBinarize", "AvgPoolBinarize"}
+                   "ConvBinarize", "AvgPoolBinarize", "ConvIntegerBinarize"}
     for op in ops:  # an empty batch and an error case for each
         assert any(c.op == op and c.shape and c.shape[0] == 0 for c in CASES.values()), op
         assert any(c.op == op and c.error for c in CASES.values()), op

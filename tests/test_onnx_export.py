@@ -417,26 +417,20 @@ def test_packed_bits_graph_of_nin_xnornet(small_models):
             assert vi.type.tensor_type.elem_type == onnx.TensorProto.INT32 and len(_dims(vi)) == 4
 
 
-def test_nin_gc_packed_bits_fuses_only_its_first_layer(small_models):
-    """nin_gc_xnornet has a channel shuffle between every two binary layers: no bit links. Only
-    conv0 -> L1 changes: ConvBinarize writes L1's bits, L1 reads them and writes floats; the
-    rest of the graph is the packed model's, node for node."""
+def test_nin_gc_packed_bits_links_every_binary_layer(small_models):
+    """nin_gc_xnornet's channel shuffles fold into its grouped layers (`shuffle_output`), so its
+    packed-bits graph has nin_xnornet's shape: every binary layer reads bits, no shuffle between
+    them (tests/test_shuffle_fold.py checks the fold and the outputs)."""
     _, deploy = small_models["nin_gc_xnornet"]
-    assert onnx_export.bit_links(deploy) == {}
+    assert onnx_export.bit_links(deploy) == {1: 2, 2: 4, 4: 5, 5: 6, 8: 9}
     assert onnx_export.conv_binarize_links(deploy) == {0: 1}
-    packed, bits = (onnx_export.build_onnx(deploy, form) for form in ("packed", "packed-bits"))
-    assert [n.op_type for n in bits.graph.node[:2]] == ["ConvBinarize", "XnorConv2dBits"]
-    assert [n.op_type for n in packed.graph.node[:3]] == ["Conv", "Relu", "XnorConv2d"]
-    assert [n.SerializeToString() for n in bits.graph.node[2:]] == \
-        [n.SerializeToString() for n in packed.graph.node[3:]]
-    meta_bits, meta_packed = onnx_export.model_metadata(bits), onnx_export.model_metadata(packed)
-    assert meta_bits.pop("xnorpipe.form") == "packed-bits" and meta_packed.pop("xnorpipe.form") == "packed"
-    assert meta_bits == meta_packed
+    bits = onnx_export.build_onnx(deploy, "packed-bits")
+    assert [n.op_type for n in bits.graph.node] == NIN_BITS_SEQUENCE
 
 
 def _toy_bits_model(rng):
-    """Bits through one MaxPool and into a grouped layer; stopped by a shuffle, an AvgPool, a
-    group of 24 channels (cannot read bits) and a producer that cannot read bits."""
+    """Bits through one MaxPool and into grouped layers (one of 24 channels a group: a group
+    need not be whole words); stopped by a channel shuffle left in the IR and an AvgPool."""
     def conv(c, m, k=1, g=1, pads=(0, 0, 0, 0)):
         return _random_layer(rng, c, m, k, 1, pads, 1, g, 1)
 
@@ -449,13 +443,13 @@ def _toy_bits_model(rng):
 def test_bit_links_follow_the_rules_and_keep_the_logits():
     rng = np.random.default_rng(5)
     model = _toy_bits_model(rng)
-    assert onnx_export.bit_links(model) == {0: 2, 2: 3}
+    assert onnx_export.bit_links(model) == {0: 2, 2: 3, 7: 8, 8: 9}
     m = onnx_export.build_onnx(model, "packed-bits")
     onnx_export.check_onnx(m)
     assert [n.op_type for n in m.graph.node] == [
         "Binarize", "XnorConv2dBitsBinarize", "BitMaxPool", "XnorConv2dBitsBinarize", "XnorConv2dBits",
-        "Reshape", "Transpose", "Reshape", "XnorConv2d", "AvgPoolBinarize", "XnorConv2dBits", "XnorConv2d",
-        "XnorConv2d", "Flatten"]
+        "Reshape", "Transpose", "Reshape", "XnorConv2d", "AvgPoolBinarize", "XnorConv2dBitsBinarize",
+        "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"]
     # a MaxPool whose padding reaches a whole window, or two MaxPools, pass floats
     padded = ir.DeployModel("toy", [model.layers[0], ir.MaxPool((1, 1), (1, 1), (1, 1, 1, 1)), model.layers[2]],
                             input_shape=(8, 12, 12))
@@ -576,12 +570,23 @@ def test_xnor_conv_bits_function_body_matches_reference(case, binarize_out):
         assert 0 < np.unpackbits(got.view(np.uint8)).mean() < 1  # not all set or all clear
 
 
-def test_xnor_conv_bits_refuses_groups_of_partial_words():
-    layer = _random_layer(np.random.default_rng(0), 48, 16, 1, 1, (0, 0, 0, 0), 1, 2, 0)  # 24 per group
-    from xnorpipe.errors import XnorpipeError
-
-    with pytest.raises(XnorpipeError, match="cannot read bits"):
-        onnx_export.xnor_conv_bits_model(layer, (1, 48, 4, 4))
+@pytest.mark.parametrize("shuffle_output", [False, True])
+def test_xnor_conv_bits_reads_groups_of_partial_words(shuffle_output):
+    """24 channels a group (group 1 starts at bit 24 of word 0): the function body reads them
+    where they are, and `shuffle_output` shuffles the output's channels."""
+    rng = np.random.default_rng(0)
+    layer = _random_layer(rng, 48, 16, 1, 1, (0, 0, 0, 0), 1, 2, 0)
+    layer.shuffle_output = shuffle_output
+    attrs = dict(strides=layer.strides, pads=layer.pads, dilations=layer.dilations, group=2, relu=layer.relu)
+    xp = _random_words(rng, (2, 2, 4, 4))
+    model = onnx_export.xnor_conv_bits_model(layer, (2, 48, 4, 4))
+    onnx_export.check_onnx(model)
+    got = session(model, optimize=False).run(None, {"X": xp})[0]
+    want = xnor_conv2d_bits(xp, 48, layer.weight_bits, layer.scale, layer.bias, shuffle_output=shuffle_output,
+                            **attrs)
+    np.testing.assert_array_equal(got, want)
+    plain = xnor_conv2d_bits(xp, 48, layer.weight_bits, layer.scale, layer.bias, **attrs)
+    np.testing.assert_array_equal(want, plain[:, ir.shuffle_order(16, 2)] if shuffle_output else plain)
 
 
 @pytest.mark.parametrize("case", [(40, 9, 9, 3, 2, (1, 1, 1, 1)), (64, 8, 8, 2, 2, (0, 0, 0, 0)),
@@ -872,7 +877,7 @@ def test_avg_pool_binarize_fusion_rules():
         "float_reader": ([pool, binary(4, 10), ir.Flatten()], ["AvgPoolBinarize", "XnorConv2dBits", "Flatten"],
                          {0: 1}),
         "grouped_reader": ([pool, binary(4, 48, g=2), binary(48, 10), ir.Flatten()],  # 2 channels a group
-                           ["AveragePool", "XnorConv2d", "XnorConv2d", "Flatten"], {}),
+                           ["AvgPoolBinarize", "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"], {0: 1}),
         "through_shuffle": ([pool, ir.ChannelShuffle(2), binary(4, 40), binary(40, 10), ir.Flatten()],
                             ["AveragePool", "Reshape", "Transpose", "Reshape", "Binarize",
                              "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"], {}),

@@ -154,7 +154,7 @@ def _bit_op_model(op: str, x: np.ndarray, inits: dict, attrs: dict, out_type=Non
 
 
 @pytest.mark.parametrize("what", [
-    "bits_no_channels", "bits_words", "bits_group_words", "bits_out_threshold_len", "binarize_threshold_len",
+    "bits_no_channels", "bits_words", "bits_shuffle_output", "bits_out_threshold_len", "binarize_threshold_len",
     "binarize_rank", "bitmaxpool_pads", "bitmaxpool_empty", "convbin_w_shape", "convbin_threshold_len",
     "avgpool_count_include_pad", "avgpool_threshold_len",
 ])
@@ -174,9 +174,10 @@ def test_malformed_bit_op_nodes_raise(what):
                              TensorProto.FLOAT, "channels"),
         "bits_words": ("XnorConv2dBits", bits, dict(W=w, scale=ones, bias=zeros),
                        dict(kernel_shape=[1, 1], channels=100), TensorProto.FLOAT, "words per pixel"),
-        "bits_group_words": ("XnorConv2dBits", bits, dict(W=pack_weights(rng.random((m, 20, 1, 1)) < 0.5), scale=ones,
-                                                          bias=zeros),
-                             dict(kernel_shape=[1, 1], channels=40, group=2), TensorProto.FLOAT, "multiple of 32"),
+        "bits_shuffle_output": ("XnorConv2dBits", bits, dict(W=pack_weights(rng.random((m, 20, 1, 1)) < 0.5),
+                                                             scale=ones, bias=zeros),
+                                dict(kernel_shape=[1, 1], channels=40, group=2, shuffle_output=2), TensorProto.FLOAT,
+                                "shuffle_output must be 0 or 1"),
         "bits_out_threshold_len": ("XnorConv2dBitsBinarize", bits, dict(W=w, scale=ones, bias=zeros,
                                                                         output_threshold=np.zeros(m - 1, np.float32)),
                                    conv, None, "output_threshold"),

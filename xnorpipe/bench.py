@@ -10,9 +10,10 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,14 +119,16 @@ def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list
 def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                     onnx_path: str | None = None, random_init: bool = False,
                     engines: Sequence[str] = (), xnor_form: str | None = None,
-                    gpu_kernels: str = "triton", data: str | None = None) -> BenchSources:
+                    gpu_kernels: str = "triton", data: str | None = None,
+                    first_layer: str = "float") -> BenchSources:
     """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference.
 
     `data` (--data) calibrates a --random-init model's BatchNorm, as `xnorpipe export` does, and
     rebuilds the reference of an --onnx random-init export calibrated on it.
 
     `xnor_form` and `gpu_kernels` pick the forms the xnor engines run when the bench exports
-    (`engine_forms`)."""
+    (`engine_forms`). `first_layer` int8: ort-xnor runs its packed-bits form with the integer first
+    layer, calibrated on `data`'s first training images (else synthetic ones)."""
     from xnorpipe.deploy import onnx_export
     from xnorpipe.deploy.fold import fold_model
     from xnorpipe.sources import load_source_model
@@ -140,6 +143,8 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
         # without function bodies too
         meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path, custom_op_library=True))
         notes: list[str] = []
+        if first_layer != "float":
+            notes.append("--first-layer applies to --arch: the file runs with its own first layer")
         xnor = [e for e in engines if e in XNOR_ENGINES]
         if xnor_form is not None and xnor:
             notes.append(f"--xnor-form applies to --arch: {', '.join(xnor)} run {Path(onnx_path).name} "
@@ -155,10 +160,22 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
     wanted = {sources.engine_forms[e] for e in engines if e in sources.engine_forms}
     if not onnx_export.has_binary_layers(deploy) and wanted - {"portable"}:
         wanted = {"portable"}
-    if wanted:
+    integer = None
+    if first_layer == "int8":  # the integer first layer: ort-xnor's packed-bits model only
+        others = [e for e in engines if e in XNOR_ENGINES and e != "ort-xnor"]
+        if "ort-xnor" not in engines or others or forms["ort-xnor"] != "packed-bits":
+            raise XnorpipeError("--first-layer int8 runs on ort-xnor with the packed-bits form only")
+        from xnorpipe.deploy.first_layer import calibrated_first_layer
+
+        integer = calibrated_first_layer(deploy, data)
+        wanted.discard("packed-bits")
+    if wanted or integer is not None:
         sources._tmp = tempfile.TemporaryDirectory(prefix="xnorpipe-bench-")
-        for f in onnx_export.export(deploy, sorted(wanted), sources._tmp.name):
+        for f in onnx_export.export(deploy, sorted(wanted), sources._tmp.name) if wanted else ():
             sources.onnx_paths[f.form] = str(f.path)
+        if integer is not None:
+            (f,) = onnx_export.export(deploy, ["packed-bits"], sources._tmp.name, first_layer=integer)
+            sources.onnx_paths["packed-bits"] = str(f.path)
     return sources
 
 
@@ -253,6 +270,9 @@ def bench_engine(engine, *, batch_size: int, iters: int, warmup: int,
         x = data[:batch_size]
     else:
         x = np.random.default_rng(seed).standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
+    prepare = getattr(engine, "prepare_input", None)
+    if prepare is not None:  # timed on the input the model takes (an integer first layer: uint8 images)
+        x = prepare(x)
     result: dict[str, Any] = dict(engine.describe())
     result["batch_size"] = batch_size
     result.update(measure_latency(engine, x, iters=iters, warmup=warmup))

@@ -56,7 +56,8 @@ def main(argv=None):
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.UsageError as e:  # one line, not click's usage block
-        hint = f" (see 'xnorpipe {e.ctx.command_path.split(' ', 1)[1]} --help')" if e.ctx and " " in e.ctx.command_path else ""
+        path = e.ctx.command_path if e.ctx else ""
+        hint = f" (see 'xnorpipe {path.split(' ', 1)[1]} --help')" if " " in path else ""
         click.echo(f"Error: {e.format_message()}{hint}", err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import secrets
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -49,6 +51,29 @@ class TrainingInterrupted(XnorpipeError):
     """Ctrl-C: the last completed epoch's checkpoint is intact; exit like SIGINT does."""
 
     exit_code = 130
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C or SIGTERM during the checkpoint writes acts after them: the epoch the interrupt
+    message names is the one on disk, never a checkpoint written but not yet counted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 @dataclass
@@ -561,10 +586,11 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                          "test_top1": test["top1"]}
                 if scaler.is_enabled():
                     state["scaler"] = scaler.state_dict()
-                save_checkpoint(last_path, state)
-                if is_best:
-                    save_checkpoint(best_path, state)
-                saved_epoch = epoch + 1
+                with _signals_deferred():
+                    save_checkpoint(last_path, state)
+                    if is_best:
+                        save_checkpoint(best_path, state)
+                    saved_epoch = epoch + 1
                 if opts.plot:
                     from xnorpipe.plotting import plot_curves
 

@@ -5,6 +5,9 @@
 //     thread, each popcount path; G binary MAC/s = N*M*Ho*Wo*(Cin/g)*kH*kW / time. I/O
 //     "float": XnorConv2d (float in, float out, the packed form); "bits": the layer as the
 //     packed-bits form runs it (bit input; bit output where the next layer is binary).
+//  3. The first layer (nin_xnornet L0, 3->192 5x5 @32x32): float ConvBinarize vs the integer
+//     ConvIntegerBinarize (uint8 image, int8 weights), each family, against the FP32 FMA and the
+//     int8 VNNI ceilings (select it with only=nin_xnornet:L0).
 // Usage: xnorpipe_bench_cpu [min_seconds_per_measurement=0.3] [paths=avx512,avx2,portable]
 //                           [only=net:layer,...] [io=float,bits]
 // e.g. xnorpipe_bench_cpu 0.3 avx512 nin_xnornet:L1 float,bits
@@ -20,6 +23,8 @@
 
 #include "core/bconv2d/binarize.h"
 #include "core/bconv2d/optimized.h"
+#include "core/conv_binarize/conv_binarize.h"
+#include "core/conv_integer_binarize/conv_integer_binarize.h"
 
 using namespace xnorpipe::bconv2d;
 using Clock = std::chrono::steady_clock;
@@ -72,6 +77,22 @@ __attribute__((target("avx512f"), noinline)) double ceiling_fma_avx512(long iter
   __m512 s = acc[0];
   for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
   return double(_mm512_reduce_add_ps(s));
+}
+
+// int8 ceiling (for the integer first layer, ConvIntegerBinarize): vpdpbusd zmm, 16 chains,
+// 64 u8 x s8 multiply-adds each.
+__attribute__((target("avx512f,avx512vnni"), noinline)) double ceiling_vnni_avx512(long iters) {
+  __m512i acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);
+  const __m512i a = _mm512_set1_epi32(0x01020304);
+  __m512i b = _mm512_set1_epi32(0x05060708);
+  for (long it = 0; it < iters; ++it) {
+    asm volatile("" : "+v"(b));
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < 16; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return double(_mm512_reduce_add_epi32(s));
 }
 
 __attribute__((target("avx2"), noinline)) double ceiling_avx2(long iters) {
@@ -137,6 +158,10 @@ int main(int argc, char** argv) {
     row("(float, for context) avx512: vfmadd231ps zmm, fp32 FMA/s", rate(ceiling_fma_avx512, 20'000'000, 16.0 * 16),
         false);
   }
+  namespace cib = xnorpipe::conv_integer_binarize;
+  if (cib::cpu_supports(cib::IntIsa::kAvx512Vnni))  // context: the integer first layer's ceiling
+    row("(int8, for context) avx512-vnni: vpdpbusd zmm, u8 x s8 MAC/s", rate(ceiling_vnni_avx512, 20'000'000, 64.0 * 16),
+        false);
   if (cpu_supports(PopcountPath::kAvx2))
     row("avx2: vpxor + nibble-LUT vpshufb + vpsadbw, ymm", rate(ceiling_avx2, 20'000'000, 256.0 * 8), true);
   row("scalar: xor + popcnt r64 + add", rate(ceiling_scalar, 50'000'000, 64.0 * 8), true);
@@ -151,12 +176,70 @@ int main(int argc, char** argv) {
       {"nin_gc_xnornet", "L5", 512, 512, 1, 0, 4, 16},   {"nin_gc_xnornet", "L6", 512, 1024, 3, 1, 32, 8},
       {"nin_gc_xnornet", "L7", 1024, 1024, 1, 0, 8, 8},
   };
+  const std::string only = argc > 3 ? argv[3] : "";
+  if (only.empty() || only.find("nin_xnornet:L0") != std::string::npos) {
+    // The first layer: 3 -> 192, 5x5, pad 2, 32x32, ReLU + the next layer's binarization.
+    std::printf("\n## First layer, one thread (nin_xnornet L0 3->192 5x5 p2 @32x32, bits out)\n\n");
+    std::printf("| op | family | batch | time | G MAC/s | %% of its ceiling |\n|---|---|---|---|---|---|\n");
+    BConv2DParams p;
+    p.channels = 3; p.filters = 192; p.kernel_h = p.kernel_w = 5;
+    p.pad_top = p.pad_left = p.pad_bottom = p.pad_right = 2;
+    std::mt19937 frng(11);
+    std::vector<float> wf(192 * 75), bias(192, 0.1f), thr(192, 0.5f);
+    std::normal_distribution<float> fnormal(0.f, 0.2f);
+    for (auto& v : wf) v = fnormal(frng);
+    std::vector<int8_t> wi(192 * 75);
+    for (auto& v : wi) v = int8_t(int(frng() % 255) - 127);
+    const std::vector<uint8_t> zp = {125, 123, 114};
+    const std::vector<int16_t> pad_value(192 * 25, 7);
+    const std::vector<int32_t> thr_i(192, 1000), margin(192, 40), fine_w(192 * 75, 1000), fine_pv(192 * 25, 0);
+    const std::vector<int64_t> fine_thr(192, 0);
+    const cib::IntInputs int_inputs{zp.data(), pad_value.data(), thr_i.data(), margin.data(), fine_w.data(),
+                                    fine_pv.data(), fine_thr.data()};
+    for (int batch : {1, 64}) {
+      const double macs = double(batch) * 192 * 1024 * 75;
+      std::vector<float> xf(size_t(batch) * 3 * 1024);
+      for (auto& v : xf) v = fnormal(frng) * 5;
+      std::vector<uint8_t> xu(xf.size());
+      for (auto& v : xu) v = uint8_t(frng());
+      std::vector<uint32_t> out(size_t(batch) * 6 * 1024);
+      // The ceiling is measured right before each kernel: this VM's speed drifts with its load.
+      auto report = [&](const char* op, const char* family, double t, double (*ceiling_loop)(long), double per_iter) {
+        const double peak = ceiling_loop ? rate(ceiling_loop, 20'000'000, per_iter) : 0;
+        const double g = macs / t / 1e9;
+        std::printf("| %s | %s | %d | %.1f us | %.0f | %s |\n", op, family, batch, t * 1e6, g,
+                    peak > 0 ? (std::to_string(int(100 * g / peak + 0.5)) + " %").c_str() : "-");
+        std::fflush(stdout);
+      };
+      const double min_t = batch == 1 ? min_s : min_s * 2;
+      for (PopcountPath path : paths) {
+        if (batch > 1 && path == PopcountPath::kPortable) continue;  // minutes; batch 1 says enough
+        xnorpipe::conv_binarize::ConvBinarize conv(p, path);
+        const auto packed = conv.pack_weights(wf.data());
+        const double t = best_time([&] {
+          conv.run(xf.data(), batch, 32, 32, packed, bias.data(), thr.data(), out.data(), serial_for);
+        }, min_t);
+        report("ConvBinarize (float)", path_name(path), t, path == PopcountPath::kAvx512 ? ceiling_fma_avx512 : nullptr,
+               16.0 * 16);
+      }
+      for (auto isa : {cib::IntIsa::kAvx512Vnni, cib::IntIsa::kAvxVnni, cib::IntIsa::kAvx2, cib::IntIsa::kPortable}) {
+        if (!cib::cpu_supports(isa) || (batch > 1 && isa == cib::IntIsa::kPortable)) continue;
+        cib::ConvIntegerBinarize conv(p, isa);
+        const auto packed = conv.pack_weights(wi.data());
+        const double t = best_time([&] {
+          conv.run(xu.data(), batch, 32, 32, packed, int_inputs, out.data(), serial_for);
+        }, min_t);
+        report("ConvIntegerBinarize (int8)", cib::isa_name(isa), t,
+               isa == cib::IntIsa::kAvx512Vnni ? ceiling_vnni_avx512 : nullptr, 64.0 * 16);
+      }
+    }
+  }
+
   std::printf("\n## Per layer, one thread (G binary MAC/s; %% of the ceiling %.0f)\n\n", ceiling);
   std::printf("| net | layer | Cin->Cout k g @HxW | batch | I/O | path | time | G binary MAC/s | %% ceiling |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 1.f);
-  const std::string only = argc > 3 ? argv[3] : "";
   const std::string io_modes = argc > 4 ? argv[4] : "float";
   for (const Layer& l : layers)
     for (int batch : {1, 64}) {

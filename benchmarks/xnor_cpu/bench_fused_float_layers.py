@@ -54,7 +54,7 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=300)
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    print(f"| layer | batch | variant | p50 us | speed-up | differing bits |\n|---|---|---|---|---|---|")
+    print("| layer | batch | variant | p50 us | speed-up | differing bits |\n|---|---|---|---|---|---|")
     for layer, x_shape, models in variants(rng):
         sessions = {}
         for name, model in models.items():

@@ -43,7 +43,7 @@ def main() -> int:
                 "packed, NCHWc off": session("packed", True, False),
                 "packed-bits, NCHWc on": session("packed-bits", True, True),
                 "packed-bits, NCHWc off": session("packed-bits", True, False)}
-    print(f"| batch | variant | p50 ms | speed-up vs portable |\n|---|---|---|---|")
+    print("| batch | variant | p50 ms | speed-up vs portable |\n|---|---|---|---|")
     for batch, iters in ((1, 400), (64, 20)):
         x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         medians = {name: [] for name in variants}

@@ -57,7 +57,8 @@ def portable_model(w, thr, scale, bias, k, pad, group, c, hw):
     ]
     inits = [numpy_helper.from_array(thr.reshape(1, c, 1, 1), "T"), numpy_helper.from_array(np.float32([1]), "one"),
              numpy_helper.from_array(np.float32([-1]), "minus_one"), numpy_helper.from_array(wf, "Wf"),
-             numpy_helper.from_array(scale.reshape(1, m, 1, 1), "S"), numpy_helper.from_array(bias.reshape(1, m, 1, 1), "B")]
+             numpy_helper.from_array(scale.reshape(1, m, 1, 1), "S"),
+             numpy_helper.from_array(bias.reshape(1, m, 1, 1), "B")]
     return _model(nodes, inits, c, hw)
 
 
@@ -79,7 +80,8 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=0.3)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"| net | layer | batch | XnorConv2d (ms) | G binary MAC/s | float portable (ms) | speed-up |\n|---|---|---|---|---|---|---|")
+    print("| net | layer | batch | XnorConv2d (ms) | G binary MAC/s | float portable (ms) | speed-up |\n"
+          "|---|---|---|---|---|---|---|")
     for net, name, c, m, k, pad, group, hw in LAYERS:
         w = pack_weights(rng.random((m, c // group, k, k)) < 0.5)
         thr = rng.normal(0, 0.3, c).astype(np.float32)

@@ -1,6 +1,8 @@
 """Per-node time of one model on ONNX Runtime with the xnorpipe library (not a test): ORT's own
 profiler (`enable_profiling`), median per node over the runs, random-init weights, NCHWc off as
-in ort-xnor.
+in ort-xnor. Each convolution is set against its ceiling on this CPU, measured in the same run
+by xnorpipe_bench_cpu (build/*/core/, `make native`): FP32 FMA/s for the float convolutions, the
+xor-popcount loop's binary MAC/s for the binary ones (one bit = one binary MAC).
 
     PYTHONPATH=. python benchmarks/xnor_cpu/profile_model.py [--arch nin_xnornet] [--form packed-bits]
         [--batch 1] [--threads 1]
@@ -12,15 +14,55 @@ import argparse
 import collections
 import json
 import os
+import re
+import subprocess
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from xnorpipe.deploy import onnx_export
+from xnorpipe.deploy import ir, onnx_export
 from xnorpipe.deploy.fold import fold_model
 from xnorpipe.native import ort_library_path
 from xnorpipe.sources import load_source_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ceilings() -> dict[str, float]:
+    """G MAC/s of one core's in-register loops: {"binary": xor-popcount, "float": FP32 FMA}, from
+    xnorpipe_bench_cpu (empty if it is not built)."""
+    found = sorted(ROOT.glob("build/*/core/xnorpipe_bench_cpu"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return {}
+    out = subprocess.run([str(found[-1]), "0.3", "avx512,avx2", "none"], capture_output=True, text=True,
+                         timeout=120).stdout
+    result = {}
+    for line in out.splitlines():
+        value = re.search(r"\|\s*([\d.]+)\s*\|\s*$", line)
+        if not value:
+            continue
+        if "binary" not in result and re.match(r"\| (avx512|avx2): vp?xor", line):
+            result["binary"] = float(value.group(1))
+        elif "fp32 FMA/s" in line:
+            result["float"] = float(value.group(1))
+    return result
+
+
+def conv_macs(deploy: ir.DeployModel, batch: int) -> list[tuple[str, int]]:
+    """("float" or "binary", multiply-adds per call) of each convolution, in the order the
+    exporter names its nodes conv0, conv1, ..."""
+    shapes = onnx_export.layer_shapes(deploy)
+    inputs = [tuple(deploy.input_shape), *shapes[:-1]]
+    out = []
+    for layer, before, after in zip(deploy.layers, inputs, shapes, strict=True):
+        if isinstance(layer, (ir.FloatConv, ir.BinaryConv)):
+            (c, _, _), (m, ho, wo) = before, after
+            kh, kw = layer.kernel_shape
+            kind = "binary" if isinstance(layer, ir.BinaryConv) else "float"
+            out.append((kind, batch * m * ho * wo * (c // layer.group) * kh * kw))
+    return out
 
 
 def main() -> int:
@@ -30,8 +72,11 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    peak = ceilings()
     model, _ = load_source_model(args.arch, None, random_init=True)
-    proto = onnx_export.build_onnx(fold_model(model, arch=args.arch), args.form)
+    deploy = fold_model(model, arch=args.arch)
+    proto = onnx_export.build_onnx(deploy, args.form)
+    macs = conv_macs(deploy, args.batch)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
     so.enable_profiling = True
@@ -51,12 +96,22 @@ def main() -> int:
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             times[(e["name"][: -len("_kernel_time")], e["args"].get("op_name"))].append(e["dur"])
-    print(f"| node | op | median us |\n|---|---|---|")
+    print(f"{args.arch}, {args.form}, batch {args.batch}, {args.threads} thread(s); ceilings (one core, "
+          f"G MAC/s): " + (", ".join(f"{k} {v:g}" for k, v in peak.items()) or "xnorpipe_bench_cpu not built"))
+    print("\n| node | op | median us | G MAC/s | % of its ceiling |\n|---|---|---|---|---|")
     total = 0.0
     for (node, op), us in times.items():
-        total += float(np.median(us))
-        print(f"| {node} | {op} | {np.median(us):.1f} |")
-    print(f"| sum | | {total:.1f} |")
+        median = float(np.median(us))
+        total += median
+        conv = re.fullmatch(r"conv(\d+)", node)
+        rate = share = ""
+        if conv and int(conv.group(1)) < len(macs) and median > 0:
+            kind, work = macs[int(conv.group(1))]
+            g = work / median / 1e3
+            rate = f"{g:.1f} ({kind})"
+            share = f"{100 * g / peak[kind]:.0f} %" if kind in peak else ""
+        print(f"| {node} | {op} | {median:.1f} | {rate} | {share} |")
+    print(f"| sum | | {total:.1f} | | |")
     return 0
 
 

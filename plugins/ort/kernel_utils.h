@@ -118,9 +118,15 @@ inline std::vector<int64_t> tensor_shape(const char* op, const Ort::ConstValue& 
                                          ONNXTensorElementDataType type) {
   if (!v || !v.IsTensor()) fail(op, std::string("input ") + name + " must be a tensor");
   auto info = v.GetTensorTypeAndShapeInfo();
-  if (info.GetElementType() != type)
-    fail(op, std::string("input ") + name +
-                 (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? " must be int32" : " must be float32"));
+  if (info.GetElementType() != type) {
+    const char* want = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32   ? "int32"
+                       : type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ? "uint8"
+                       : type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8  ? "int8"
+                       : type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16 ? "int16"
+                       : type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? "int64"
+                                                                     : "float32";
+    fail(op, std::string("input ") + name + " must be " + want);
+  }
   return info.GetShape();
 }
 

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "bit_ops.h"
+#include "conv_integer_binarize_op.h"
 #include "xnor_conv2d_op.h"
 
 namespace {
@@ -29,11 +30,12 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static xnorpipe::ort::BitMaxPoolOp bit_max_pool_op;
   static xnorpipe::ort::ConvBinarizeOp conv_binarize_op;
   static xnorpipe::ort::AvgPoolBinarizeOp avg_pool_binarize_op;
+  static xnorpipe::ort::ConvIntegerBinarizeOp conv_integer_binarize_op;
   try {
     Ort::CustomOpDomain domain("xnorpipe");
     for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{
              &xnor_conv2d_op, &xnor_conv2d_bits_op, &xnor_conv2d_bits_binarize_op, &binarize_op, &bit_max_pool_op, &conv_binarize_op,
-             &avg_pool_binarize_op})
+             &avg_pool_binarize_op, &conv_integer_binarize_op})
       domain.Add(op);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(domains_mutex);

@@ -28,9 +28,10 @@ XnorConv2dKernel::XnorConv2dKernel(const OrtApi& api, const OrtKernelInfo* info,
     attrs_.channels = checked_int(op, channels, "channels");
     if (attrs_.channels % attrs_.group)
       fail(op, "channels " + std::to_string(attrs_.channels) + " not divisible by group " + std::to_string(attrs_.group));
-    if (attrs_.group > 1 && attrs_.channels_per_group() % bconv2d::kWordBits)
-      fail(op, "with group > 1, channels per group must be a multiple of 32 to read bits, got " +
-                   std::to_string(attrs_.channels_per_group()));
+    // The output's channel shuffle (docs/XNORCONV2D.md, packed-bits): a bit op's attribute only.
+    const int64_t shuffle = int_attr(ki, op, "shuffle_output", 0);
+    if (shuffle != 0 && shuffle != 1) fail(op, "shuffle_output must be 0 or 1, got " + std::to_string(shuffle));
+    attrs_.shuffle_output = shuffle == 1;
   }
   path_ = bconv2d::select_path();  // throws if $XNORPIPE_POPCOUNT names a path this CPU lacks
 

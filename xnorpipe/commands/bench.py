@@ -32,17 +32,20 @@ from xnorpipe.commands import options
               "(the hand-written XnorConv2d kernel, packed form only; torch-xnor loads it with CuPy).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="torch-xnor on CUDA: capture one CUDA graph per input shape and replay it.")
+@click.option("--first-layer", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="With --arch: int8 runs ort-xnor's packed-bits model with the integer first layer "
+              "(uint8 image in; calibrated on the first training images of --data, else synthetic ones).")
 @options.device(("cpu", "cuda", "auto"))
 @options.json_output()
 def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
-          threads, iters, warmup, xnor_form, gpu_kernels, cuda_graphs, device, as_json):
+          threads, iters, warmup, xnor_form, gpu_kernels, cuda_graphs, first_layer, device, as_json):
     """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
     from xnorpipe import bench as lib
 
     names = lib.read_engine_list(engines)
     sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
                                   random_init=random_init, engines=names, xnor_form=xnor_form,
-                                  gpu_kernels=gpu_kernels, data=data)
+                                  gpu_kernels=gpu_kernels, data=data, first_layer=first_layer)
     try:
         images = labels = None
         if data:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from xnorpipe.commands import options
-from xnorpipe.deploy.forms import DEFAULT_OPSET, FORM_SETS, FORMS, MIN_OPSET, cli_help
+from xnorpipe.deploy.forms import DEFAULT_OPSET, FIRST_LAYERS, FORM_SETS, FORMS, INT8_FORMS, MIN_OPSET, cli_help
 
 
 def _kib(n: int) -> str:
@@ -23,10 +23,15 @@ def _kib(n: int) -> str:
 @click.option("--opset", type=click.IntRange(min=1), default=DEFAULT_OPSET, show_default=True,
               help=f"ai.onnx opset: portable needs >= {MIN_OPSET['portable']}, the other forms >= "
               f"{MIN_OPSET['packed']}; at most what the installed onnx and onnxruntime support.")
+@click.option("--first-layer", type=click.Choice(FIRST_LAYERS), default="float", show_default=True,
+              help=f"float: the first conv as trained, on the normalised float image. int8 ({', '.join(INT8_FORMS)} "
+              "only, <arch>.<form>.int8.onnx): xnorpipe::ConvIntegerBinarize, int8 weights on the uint8 NHWC image as "
+              "decoded, no client-side normalisation; its rounding and scales are calibrated on the first 256 "
+              "training images of --data (else on synthetic images).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Export weights or BatchNorm statistics holding NaN or inf (refused by default: the forms "
               "may disagree on them).")
-def export(arch, checkpoint, form, out, random_init, data, opset, allow_nonfinite):
+def export(arch, checkpoint, form, out, random_init, data, opset, first_layer, allow_nonfinite):
     """Fold BatchNorm and scaling factors and export ONNX (<out>/<arch>.<form>.onnx).
 
     All forms of one run are written together: the folder never holds forms of this arch from
@@ -38,16 +43,20 @@ def export(arch, checkpoint, form, out, random_init, data, opset, allow_nonfinit
     from xnorpipe.deploy.onnx_export import resolve_forms
     from xnorpipe.sources import load_source_model
 
-    if data is not None and not random_init:
+    if data is not None and not random_init and first_layer == "float":
         if click.get_current_context().get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
-            click.echo("note: --data only calibrates --random-init models: not used")
+            click.echo("note: --data only calibrates --random-init models and --first-layer int8: not used")
         data = None
-    model, metadata = load_source_model(arch, checkpoint, random_init, data=data)
+    model, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
     deploy = fold_model(model, arch=arch, metadata=metadata, allow_nonfinite=allow_nonfinite)
-    forms, note = resolve_forms(deploy, form)
+    forms, note = resolve_forms(deploy, form, first_layer)
     if note:
         click.echo(f"note: {note}")
-    files = export_onnx(deploy, forms, out, opset=opset, note=lambda text: click.echo(f"note: {text}"))
+    integer = None
+    if first_layer == "int8":
+        integer = _integer_first_layer(deploy, data)
+    files = export_onnx(deploy, forms, out, opset=opset, note=lambda text: click.echo(f"note: {text}"),
+                        first_layer=integer)
     if random_init:
         source = f"random init (seed {metadata['xnorpipe.random_seed']}, BatchNorm calibrated on "
         calibration = metadata["xnorpipe.random_calibration"]
@@ -65,3 +74,26 @@ def export(arch, checkpoint, form, out, random_init, data, opset, allow_nonfinit
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def _integer_first_layer(deploy, data):
+    """The calibrated integer first layer, with a progress bar and a summary line."""
+    from tqdm import tqdm
+
+    from xnorpipe.deploy.first_layer import calibrated_first_layer
+    from xnorpipe.utils import progress_interval
+
+    if data is None:
+        click.echo("note: --first-layer int8 without --data: calibrated on synthetic images; pass --data for "
+                   "the training images (fewer bits that differ from the float layer)")
+    with tqdm(desc="calibrating the integer first layer", unit="image", leave=False,
+              mininterval=progress_interval()) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        layer = calibrated_first_layer(deploy, data, progress)
+    click.echo(f"integer first layer: {layer.flipped_bits:,} of {layer.total_bits:,} output bits "
+               f"({100 * layer.flipped_bits / layer.total_bits:.3f} %) differ from the float layer on "
+               f"{layer.calibration_images} calibration images")
+    return layer

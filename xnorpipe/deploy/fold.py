@@ -15,6 +15,7 @@ refuses non-finite weights or BatchNorm statistics, on which the forms may disag
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xnorpipe.deploy import ir
-from xnorpipe.deploy.packing import pack_weights
+from xnorpipe.deploy.packing import pack_weights, unpack_weights
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.models.binary import BinaryActivation, BinaryConv2d
 from xnorpipe.models.nin import BinaryBlock, ChannelShuffle, FloatBlock
@@ -222,6 +223,88 @@ def _checked(layer: ir.FloatConv | ir.BinaryConv, path: str, problems: list[str]
     return layer
 
 
+# ------------------------------------------------------------------------- channel shuffles
+
+# Layers a channel permutation passes through unchanged: they act on each channel alone.
+_CHANNELWISE = (ir.MaxPool, ir.AvgPool)
+
+
+def _permute_outputs(layer: ir.FloatConv | ir.BinaryConv, order: np.ndarray):
+    """`layer` (group 1) whose output channel c is the old channel order[c]."""
+    if isinstance(layer, ir.FloatConv):
+        return dataclasses.replace(layer, weight=layer.weight[order], bias=layer.bias[order])
+    return dataclasses.replace(layer, weight_bits=layer.weight_bits[order], scale=layer.scale[order],
+                               bias=layer.bias[order])
+
+
+def _permute_inputs(layer: ir.FloatConv | ir.BinaryConv, order: np.ndarray):
+    """`layer` (group 1) that reads input channel order[c] where it read channel c: its input
+    channel order[c] takes the weights (and threshold) of its old channel c."""
+    inverse = np.argsort(order)
+    if isinstance(layer, ir.FloatConv):
+        return dataclasses.replace(layer, weight=layer.weight[:, inverse])
+    positive = unpack_weights(layer.weight_bits, layer.in_channels)[:, inverse] > 0
+    return dataclasses.replace(layer, weight_bits=pack_weights(positive), threshold=layer.threshold[inverse])
+
+
+def _conv_before(layers: list, i: int) -> int | None:
+    """Index of the conv whose output reaches layers[i] through channel-wise layers only."""
+    j = i - 1
+    while j >= 0 and isinstance(layers[j], _CHANNELWISE):
+        j -= 1
+    return j if j >= 0 and isinstance(layers[j], (ir.FloatConv, ir.BinaryConv)) else None
+
+
+def _conv_after(layers: list, i: int) -> int | None:
+    """Index of the conv that reads layers[i]'s output through channel-wise layers only."""
+    j = i + 1
+    while j < len(layers) and isinstance(layers[j], _CHANNELWISE):
+        j += 1
+    return j if j < len(layers) and isinstance(layers[j], (ir.FloatConv, ir.BinaryConv)) else None
+
+
+def fold_shuffles(model: ir.DeployModel) -> ir.DeployModel:
+    """The model with its channel shuffles folded into the convolutions around them.
+
+    A shuffle is a permutation of channels, and pools act on each channel alone, so it moves
+    into, in this order of preference:
+    - a group-1 producer: its filters, scales and biases are permuted (exact);
+    - a grouped binary producer with as many groups as the shuffle: `shuffle_output`, the
+      packed-bits ops' output shuffle (exact: the same values, written in shuffled order). No
+      permutation of filters can do this: a consumer group reads channels of every producer
+      group, so no channel order makes both layers' groups contiguous;
+    - a group-1 consumer: its input channels (weights, and a binary layer's thresholds) are
+      permuted. Exact for a binary consumer (integer sums); a float consumer adds the same
+      products in another order, a float rounding difference.
+    Any other shuffle stays. The binary layers then pass bits to each other (packed-bits).
+    """
+    layers = list(model.layers)
+    i = 0
+    while i < len(layers):
+        shuffle = layers[i]
+        if not isinstance(shuffle, ir.ChannelShuffle):
+            i += 1
+            continue
+        before, after = _conv_before(layers, i), _conv_after(layers, i)
+        producer = layers[before] if before is not None else None
+        consumer = layers[after] if after is not None else None
+        channels = (producer.out_channels if producer is not None
+                    else consumer.in_channels if consumer is not None else None)
+        order = ir.shuffle_order(channels, shuffle.groups) if channels is not None else None
+        if producer is not None and producer.group == 1:
+            layers[before] = _permute_outputs(producer, order)
+        elif (isinstance(producer, ir.BinaryConv) and producer.group == shuffle.groups
+              and not producer.shuffle_output):
+            layers[before] = dataclasses.replace(producer, shuffle_output=True)
+        elif consumer is not None and consumer.group == 1:
+            layers[after] = _permute_inputs(consumer, order)
+        else:
+            i += 1
+            continue
+        del layers[i]
+    return dataclasses.replace(model, layers=layers, metadata=dict(model.metadata))
+
+
 def default_classes() -> tuple[str, ...]:
     try:
         from xnorpipe.data import CLASSES  # the data module's names, when it is installed
@@ -232,8 +315,12 @@ def default_classes() -> tuple[str, ...]:
 
 
 def fold_model(model: nn.Module, *, arch: str, classes: Iterable[str] | None = None,
-               metadata: Mapping[str, str] | None = None, allow_nonfinite: bool = False) -> ir.DeployModel:
+               metadata: Mapping[str, str] | None = None, allow_nonfinite: bool = False,
+               channel_shuffles: bool = True) -> ir.DeployModel:
     """Fold a NIN-family model (eval-mode semantics: BN running statistics) into the IR.
+
+    `channel_shuffles` folds the channel shuffles into the layers around them (`fold_shuffles`);
+    False keeps them as layers (the unfolded IR, for comparison).
 
     NaN or inf in a weight or a BatchNorm statistic (or a fold that overflows) is refused with
     one line naming the layer and the tensor: they are outside the contract's arithmetic (ONNX
@@ -258,6 +345,7 @@ def fold_model(model: nn.Module, *, arch: str, classes: Iterable[str] | None = N
     metadata = dict(metadata or {})
     if sources or problems:  # folded non-finite values from non-finite sources are no news
         metadata["xnorpipe.nonfinite"] = "; ".join(sources or problems)
-    return ir.DeployModel(arch=arch, layers=layers,
-                          classes=tuple(classes) if classes is not None else default_classes(),
-                          metadata=metadata)
+    deploy = ir.DeployModel(arch=arch, layers=layers,
+                            classes=tuple(classes) if classes is not None else default_classes(),
+                            metadata=metadata)
+    return fold_shuffles(deploy) if channel_shuffles else deploy

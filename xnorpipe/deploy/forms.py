@@ -35,6 +35,11 @@ MIN_OPSET = {f.name: f.min_opset for f in FORM_TABLE}
 # --form values beyond the forms themselves; "both" (portable and packed) predates packed-bits
 FORM_SETS = {"all": FORMS, "both": ("portable", "packed")}
 DEFAULT_OPSET = 18
+# --first-layer: the float first conv as trained (the input is the normalised float image), or
+# int8: `xnorpipe::ConvIntegerBinarize` on the uint8 NHWC image, which only these forms have
+# (the forms whose first layer writes bits; their file names end in .int8.onnx).
+FIRST_LAYERS = ("float", "int8")
+INT8_FORMS = ("packed-bits", "packed-bits-inline")
 
 
 def cli_help() -> str:

@@ -51,6 +51,10 @@ class BinaryConv:
     dilations: tuple[int, int] = (1, 1)
     group: int = 1
     relu: bool = False
+    # Output channels shuffled as ChannelShuffle(group) does (docs/XNORCONV2D.md, packed-bits):
+    # group g's j-th filter writes channel j * group + g. W, scale and bias keep the grouped
+    # order; a channel shuffle after a grouped layer folds into it this way (fold.fold_shuffles).
+    shuffle_output: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -82,6 +86,13 @@ class ChannelShuffle:
     """ShuffleNet shuffle: view(B, g, C/g, H, W) -> transpose(1, 2) -> view(B, C, H, W)."""
 
     groups: int
+
+
+def shuffle_order(channels: int, groups: int) -> np.ndarray:
+    """ChannelShuffle(groups) as an index: output channel c reads input channel order[c]."""
+    if groups < 1 or channels % groups:
+        raise ValueError(f"cannot shuffle {channels} channels in {groups} groups")
+    return np.arange(channels).reshape(groups, channels // groups).T.reshape(-1)
 
 
 @dataclass

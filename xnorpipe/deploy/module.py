@@ -49,11 +49,13 @@ class _BinaryConv(nn.Module):
             self.register_buffer(name, torch.from_numpy(np.asarray(getattr(layer, name), np.float32).copy()))
         self.pads, self.strides, self.dilations = layer.pads, layer.strides, layer.dilations
         self.group, self.relu = layer.group, layer.relu
+        self.shuffle = ChannelShuffle(layer.group) if layer.shuffle_output else None
 
     def forward(self, x):
-        return xnor_conv2d_pm1(x, self.weight, self.threshold, self.scale, self.bias,
-                               strides=self.strides, pads=self.pads, dilations=self.dilations,
-                               group=self.group, relu=self.relu)
+        y = xnor_conv2d_pm1(x, self.weight, self.threshold, self.scale, self.bias,
+                            strides=self.strides, pads=self.pads, dilations=self.dilations,
+                            group=self.group, relu=self.relu)
+        return self.shuffle(y) if self.shuffle is not None else y
 
 
 class _Pool(nn.Module):

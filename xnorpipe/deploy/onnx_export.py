@@ -23,6 +23,10 @@ int32 in float32).
 packed-inline, packed-bits-inline: the same models after `onnx.inliner`: standard ops only,
 no function, for runtimes that expand no model-local function; weights stay bit-packed.
 
+The integer first layer (`first_layer=`, deploy/first_layer.py; packed-bits and its inlined
+form): `xnorpipe::ConvIntegerBinarize` on the uint8 NHWC image replaces the first
+`ConvBinarize`; its function body is built from ConvInteger (files `<arch>.<form>.int8.onnx`).
+
 Files carry the lowest IR version their form and opset need (IR 8 for portable at opset 18,
 IR 9 for function attribute defaults), and the opset is bounded by what the installed onnx and
 ONNX Runtime support.
@@ -44,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from xnorpipe import __version__
 from xnorpipe.deploy import ir
-from xnorpipe.deploy.forms import DEFAULT_OPSET, FORM_SETS, FORMS, FORMS_BY_NAME, MIN_OPSET
+from xnorpipe.deploy.forms import DEFAULT_OPSET, FIRST_LAYERS, FORM_SETS, FORMS, FORMS_BY_NAME, INT8_FORMS, MIN_OPSET
 from xnorpipe.deploy.packing import WORD_BITS, num_words, unpack_weights
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.utils import atomic_path, remove_stale_temps, write_error
@@ -58,9 +62,14 @@ BINARIZE, CONV_BITS, CONV_BITS_BINARIZE, BIT_MAX_POOL = ("Binarize", "XnorConv2d
                                                          "XnorConv2dBitsBinarize", "BitMaxPool")
 CONV_BINARIZE = "ConvBinarize"  # float conv (+ ReLU) + the next layer's Binarize, fused
 AVG_POOL_BINARIZE = "AvgPoolBinarize"  # AveragePool + the next layer's Binarize, fused
+# the integer first layer: uint8 image in, int8 weights, bits out (--first-layer int8)
+CONV_INTEGER_BINARIZE = "ConvIntegerBinarize"
+CONV_INTEGER_BINARIZE_INPUTS = ("X", "W", "x_zero_point", "pad_value", "threshold", "margin", "fine_weight",
+                                "fine_pad_value", "fine_threshold")  # and the tensors' dtypes: the contract
 CONV_OPS = (OP_NAME, CONV_BITS, CONV_BITS_BINARIZE)  # the XnorConv2d family
 # bit-activation ops outside the XnorConv2d family
-BIT_OPS = (BINARIZE, CONV_BINARIZE, BIT_MAX_POOL, AVG_POOL_BINARIZE)
+BIT_OPS = (BINARIZE, CONV_BINARIZE, BIT_MAX_POOL, AVG_POOL_BINARIZE, CONV_INTEGER_BINARIZE)
+INT8_INPUT_CONVENTION = "RGB uint8 as decoded, NHWC, no normalisation (folded into the integer first layer)"
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
 
 
@@ -253,6 +262,32 @@ def _conv_defaults() -> list[onnx.AttributeProto]:
             helper.make_attribute("relu", 0)]
 
 
+def _bits_conv_defaults() -> list[onnx.AttributeProto]:
+    return _conv_defaults() + [helper.make_attribute("shuffle_output", 0)]
+
+
+def _shuffle_output(b: _Body, y: str, out: str) -> str:
+    """ChannelShuffle(group) of y [N, M, H, W] when the call's `shuffle_output` is 1, else y
+    unchanged: the shuffle with s = 1 + shuffle_output * (group - 1) groups (s = 1 is none)."""
+    b.attr_const("so_group", "group")
+    b.attr_const("so_flag", "shuffle_output")
+    b.const("so_one", np.array(1, np.int64))
+    b.const("so_axis_0", np.array([0], np.int64))
+    b.add("Sub", ["so_group", "so_one"], "so_group_m1")
+    b.add("Mul", ["so_flag", "so_group_m1"], "so_extra")
+    b.add("Add", ["so_extra", "so_one"], "so_s")
+    b.add("Unsqueeze", ["so_s", "so_axis_0"], "so_groups")
+    b.add("Shape", [y], "so_shape")
+    b.add("Shape", [y], "so_n", end=1)
+    b.add("Shape", [y], "so_m", start=1, end=2)
+    b.add("Shape", [y], "so_hw", start=2)
+    b.add("Div", ["so_m", "so_groups"], "so_per_group")
+    b.add("Concat", ["so_n", "so_groups", "so_per_group", "so_hw"], "so_split", axis=0)
+    b.add("Reshape", [y, "so_split"], "so_y5")
+    b.add("Transpose", ["so_y5"], "so_y5t", perm=[0, 2, 1, 3, 4])
+    return b.add("Reshape", ["so_y5t", "so_shape"], out)
+
+
 def _function(name: str, inputs, outputs, b: _Body, opset: int, attributes, defaults, doc: str):
     return helper.make_function(
         DOMAIN, name, inputs, outputs, b.nodes,
@@ -301,19 +336,21 @@ def xnor_conv_bits_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
     b.add("Slice", ["up_pm1", "zero_1", "channels", "c_axis"], "x_pm1")
     b.add("ConstantOfShape", ["channels"], "zero_threshold",
           value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    b.add(OP_NAME, ["x_pm1", "W", "zero_threshold", "scale", "bias"], "Y", domain=DOMAIN, refs=_CONV_REFS)
+    b.add(OP_NAME, ["x_pm1", "W", "zero_threshold", "scale", "bias"], "y_conv", domain=DOMAIN, refs=_CONV_REFS)
+    _shuffle_output(b, "y_conv", "Y")
     return _function(CONV_BITS, ["Xp", "W", "scale", "bias"], ["Y"], b, opset,
-                     ["kernel_shape", "channels"], _conv_defaults(), "unpack, then XnorConv2d")
+                     ["kernel_shape", "channels"], _bits_conv_defaults(),
+                     "unpack, then XnorConv2d, then the output's channel shuffle if shuffle_output")
 
 
 def xnor_conv_bits_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
     """`xnorpipe::XnorConv2dBitsBinarize` = Binarize(XnorConv2dBits(...), output_threshold)."""
     b = _Body()
     b.add(CONV_BITS, ["Xp", "W", "scale", "bias"], "y_float", domain=DOMAIN,
-          refs=_CONV_REFS + [("channels", onnx.AttributeProto.INT)])
+          refs=_CONV_REFS + [("channels", onnx.AttributeProto.INT), ("shuffle_output", onnx.AttributeProto.INT)])
     b.add(BINARIZE, ["y_float", "output_threshold"], "Y", domain=DOMAIN)
     return _function(CONV_BITS_BINARIZE, ["Xp", "W", "scale", "bias", "output_threshold"], ["Y"], b,
-                     opset, ["kernel_shape", "channels"], _conv_defaults(),
+                     opset, ["kernel_shape", "channels"], _bits_conv_defaults(),
                      "XnorConv2dBits, then Binarize")
 
 
@@ -371,10 +408,121 @@ def avg_pool_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto
                      "AveragePool (count_include_pad=1), then Binarize")
 
 
+def _wide_conv_integer(b: _Body, x: str, w: str, out: str, refs) -> str:
+    """int64 sum_taps W * X, X uint8, W any integer tensor of int32 range (int8, int16, int32):
+    W as four byte planes, W = b0 + 256 b1 + 65536 b2 + 2^24 b3 (b0..b2 in [0, 255] from Mod with
+    a positive divisor, b3 in [-128, 127]), one ConvInteger per plane (uint8 x uint8; b3 shifted by
+    128 with w_zero_point 128), the planes' int32 sums (at most 255 * 255 * 32768 < 2^31) added
+    in int64 with their weights 256^k. `refs`: the ConvInteger attributes."""
+    b.const(f"{out}_byte", np.array(256, np.int32))
+    b.const(f"{out}_shift", np.array(128, np.int32))
+    b.const(f"{out}_zp", np.array(128, np.uint8))
+    rest = b.add("Cast", [w], f"{out}_w32", to=TensorProto.INT32)
+    total = None
+    for k in range(4):
+        if k < 3:
+            byte = b.add("Mod", [rest, f"{out}_byte"], f"{out}_b{k}")  # fmod=0: the divisor's sign, >= 0
+            rest = b.add("Div", [b.add("Sub", [rest, byte], f"{out}_r{k}_exact"), f"{out}_byte"], f"{out}_r{k}")
+            plane, zp = b.add("Cast", [byte], f"{out}_p{k}", to=TensorProto.UINT8), ""
+        else:  # the signed top byte
+            shifted = b.add("Add", [rest, f"{out}_shift"], f"{out}_b3_shifted")
+            plane, zp = b.add("Cast", [shifted], f"{out}_p3", to=TensorProto.UINT8), f"{out}_zp"
+        part = b.add("ConvInteger", [x, plane, "", zp] if zp else [x, plane], f"{out}_conv{k}", refs=refs)
+        part = b.add("Cast", [part], f"{out}_conv{k}_i64", to=TensorProto.INT64)
+        if k:
+            b.const(f"{out}_scale{k}", np.array(256 ** k, np.int64))
+            part = b.add("Mul", [part, f"{out}_scale{k}"], f"{out}_conv{k}_scaled")
+        total = part if total is None else b.add("Add", [total, part], f"{out}_sum{k}")
+    return b.add("Identity", [total], out)
+
+
+def conv_integer_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
+    """`xnorpipe::ConvIntegerBinarize` (contract: X uint8 NHWC; W int8, x_zero_point uint8,
+    pad_value int16, threshold int32, margin int32, fine_weight int32, fine_pad_value int32,
+    fine_threshold int64) -> bits. Both sums, exactly, in int64:
+      sum W * (X - z) over in-image taps = S(X) - S(Z), S(.) = ConvInteger with the call's pads
+        (it pads with 0, so both sum the in-image taps), Z the image of zero points;
+      + the padded taps' pad values = ConvInteger(outside, pad_value) with no pads, `outside` 1 on
+        the padding and 0 on the image (one image, broadcast over the batch);
+    every ConvInteger on uint8 x uint8 byte planes of the weights (`_wide_conv_integer`): ONNX
+    Runtime's uint8 x uint8 kernels are exact on any x86 CPU, its uint8 x int8 kernels without VNNI
+    use vpmaddubsw, whose int16 pair sums saturate (255 * 127 * 2 > 32767). Then the margin rule,
+    and the `Binarize` packing."""
+    A = onnx.AttributeProto
+    window = [("kernel_shape", A.INTS), ("strides", A.INTS), ("dilations", A.INTS)]
+    b = _Body()
+    b.const("axes_chw", np.array([1, 2], np.int64))
+    b.const("axis_1", np.array([1], np.int64))
+    b.const("one_u8", np.array(1, np.uint8))
+    b.const("one_one", np.array([1, 1], np.int64))
+    b.const("zero_zero", np.array([0, 0], np.int64))
+    b.const("at_0", np.array([0], np.int64))
+    b.const("at_2", np.array([2], np.int64))
+    b.const("at_4", np.array([4], np.int64))
+    b.const("c_axis", np.array([1], np.int64))
+    b.const("zero_1", np.array([0], np.int64))
+    b.const("word_bits", np.array([WORD_BITS], np.int64))
+    b.const("word_bits_m1", np.array([WORD_BITS - 1], np.int64))
+    b.add("Transpose", ["X"], "x_nchw", perm=[0, 3, 1, 2])
+    b.add("Unsqueeze", ["x_zero_point", "axes_chw"], "zp_c11")
+    b.add("Shape", ["x_nchw"], "x_shape")
+    b.add("Expand", ["zp_c11", "x_shape"], "zp_image")
+    # the padding indicator: [1, 1, H + pads, W + pads], 1 outside the image
+    b.add("Shape", ["X"], "hw_in", start=1, end=3)
+    b.add("Concat", ["one_one", "hw_in"], "outside_shape", axis=0)
+    b.add("ConstantOfShape", ["outside_shape"], "inside", value=numpy_helper.from_array(np.zeros(1, np.uint8)))
+    pads = helper.make_node("Constant", [], ["pads_tlbr"])
+    pads.attribute.append(_attr_ref("value_ints", "pads", A.INTS))
+    b.nodes.append(pads)
+    b.add("Slice", ["pads_tlbr", "at_0", "at_2"], "pads_tl")
+    b.add("Slice", ["pads_tlbr", "at_2", "at_4"], "pads_br")
+    b.add("Concat", ["zero_zero", "pads_tl", "zero_zero", "pads_br"], "pads_nchw", axis=0)
+    b.add("Pad", ["inside", "pads_nchw", "one_u8"], "outside")
+
+    def sums(weight: str, pad_value: str, out: str) -> str:
+        image = _wide_conv_integer(b, "x_nchw", weight, f"{out}_x", window + [("pads", A.INTS)])
+        zero = _wide_conv_integer(b, "zp_image", weight, f"{out}_z", window + [("pads", A.INTS)])
+        b.add("Unsqueeze", [pad_value, "axis_1"], f"{out}_pv_w")
+        padded = _wide_conv_integer(b, "outside", f"{out}_pv_w", f"{out}_pv", window)
+        return b.add("Add", [b.add("Sub", [image, zero], f"{out}_in_image"), padded], out)
+
+    sums("W", "pad_value", "acc")
+    sums("fine_weight", "fine_pad_value", "fine")
+    for name in ("threshold", "margin", "fine_threshold"):
+        b.add("Cast", [name], f"{name}_i64", to=TensorProto.INT64)
+        b.add("Unsqueeze", [f"{name}_i64", "axes_chw"], f"{name}_c11")
+    b.add("Sub", ["acc", "threshold_c11"], "above")
+    b.add("Neg", ["margin_c11"], "minus_margin")
+    b.add("Greater", ["above", "margin_c11"], "surely_set")
+    b.add("GreaterOrEqual", ["above", "minus_margin"], "not_surely_clear")
+    b.add("GreaterOrEqual", ["fine", "fine_threshold_c11"], "fine_set")
+    b.add("And", ["not_surely_clear", "fine_set"], "set_by_fine")
+    b.add("Or", ["surely_set", "set_by_fine"], "positive")
+    b.add("Cast", ["positive"], "bits", to=TensorProto.INT32)
+    # pad the filters to 32 * words with clear bits, then pack (as Binarize does)
+    b.add("Shape", ["threshold"], "filters")
+    b.add("Add", ["filters", "word_bits_m1"], "filters_up")
+    b.add("Div", ["filters_up", "word_bits"], "words")
+    b.add("Mul", ["words", "word_bits"], "padded_filters")
+    b.add("Sub", ["padded_filters", "filters"], "pad_m")
+    b.add("Concat", ["zero_1", "pad_m"], "pads_m", axis=0)
+    b.add("Pad", ["bits", "pads_m", "", "c_axis"], "bits_padded")
+    b.add("Shape", ["X"], "n", end=1)
+    b.add("Shape", ["acc"], "hw", start=2)
+    b.add("Concat", ["n", "words"], "lead", axis=0)
+    _pack(b, "bits_padded", "lead", "hw", "Y")
+    return _function(CONV_INTEGER_BINARIZE, list(CONV_INTEGER_BINARIZE_INPUTS), ["Y"], b, opset, ["kernel_shape"],
+                     [helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0]),
+                      helper.make_attribute("dilations", [1, 1])],
+                     "ConvInteger byte planes for both sums (image minus zero points plus pad values), "
+                     "the margin rule, packed")
+
+
 _FUNCTIONS = {OP_NAME: xnor_conv_function, BINARIZE: binarize_function,
               CONV_BITS: xnor_conv_bits_function, CONV_BITS_BINARIZE: xnor_conv_bits_binarize_function,
               BIT_MAX_POOL: bit_max_pool_function, CONV_BINARIZE: conv_binarize_function,
-              AVG_POOL_BINARIZE: avg_pool_binarize_function}
+              AVG_POOL_BINARIZE: avg_pool_binarize_function,
+              CONV_INTEGER_BINARIZE: conv_integer_binarize_function}
 _CALLS = {CONV_BITS: (OP_NAME,), CONV_BITS_BINARIZE: (CONV_BITS, BINARIZE),
           CONV_BINARIZE: (BINARIZE,), AVG_POOL_BINARIZE: (BINARIZE,)}  # nested calls
 
@@ -425,7 +573,8 @@ def _conv_attrs(layer) -> dict:
 
 
 def _bits_conv_attrs(layer: ir.BinaryConv) -> dict:
-    return dict(relu=int(layer.relu), channels=int(layer.in_channels), **_conv_attrs(layer))
+    shuffle = {"shuffle_output": 1} if layer.shuffle_output else {}
+    return dict(relu=int(layer.relu), channels=int(layer.in_channels), **_conv_attrs(layer), **shuffle)
 
 
 def _pool_attrs(pool: ir.MaxPool | ir.AvgPool) -> dict:
@@ -433,14 +582,9 @@ def _pool_attrs(pool: ir.MaxPool | ir.AvgPool) -> dict:
 
 
 def can_read_bits(layer: ir.BinaryConv) -> bool:
-    """Grouped layers read bits only when each group's channels are whole words."""
-    return layer.group == 1 or (layer.in_channels // layer.group) % WORD_BITS == 0
-
-
-def _check_reads_bits(layer: ir.BinaryConv) -> None:
-    if not can_read_bits(layer):
-        raise XnorpipeError(f"a binary layer with group {layer.group} and {layer.in_channels} channels "
-                            f"cannot read bits: needs (channels / group) % {WORD_BITS} == 0")
+    """Every binary layer can read bits: a group's channels need not be whole words (the bit
+    ops read group g's channels wherever they sit in the words, docs/XNORCONV2D.md)."""
+    return isinstance(layer, ir.BinaryConv)
 
 
 def _pool_on_bits(pool: ir.MaxPool | ir.AvgPool) -> bool:
@@ -501,7 +645,19 @@ def avg_pool_binarize_links(model: ir.DeployModel) -> dict[int, int]:
             if isinstance(layer, ir.AvgPool) and _pool_on_bits(layer) and _feeds_bit_reader(model, i)}
 
 
-def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
+def _emit_shuffle(g: _GraphBuilder, x: str, groups: int, shape: tuple[int, ...], tag: str) -> str:
+    """ChannelShuffle(groups) of x [N, C, H, W] as Reshape -> Transpose -> Reshape."""
+    c, h, w = shape
+    split = g.init(f"{tag}.split", np.array([0, groups, c // groups, h, w], np.int64))
+    merge = g.init(f"{tag}.merge", np.array([0, c, h, w], np.int64))
+    x = g.node("Reshape", [x, split], f"{tag}.split")
+    x = g.node("Transpose", [x], f"{tag}.transpose", perm=[0, 2, 1, 3, 4])
+    return g.node("Reshape", [x, merge], f"{tag}.merge")
+
+
+def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder, first_layer=None) -> str:
+    """The layers as nodes; `first_layer` (an IntegerFirstLayer) replaces the first conv, its
+    ReLU and the next layer's binarization (packed-bits only)."""
     x = INPUT_NAME
     shapes = layer_shapes(model)
     links = bit_links(model) if form == "packed-bits" else {}
@@ -513,6 +669,16 @@ def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
     for i, layer in enumerate(model.layers):
         if bits and not (isinstance(layer, ir.MaxPool) or (isinstance(layer, ir.BinaryConv) and i in reads_bits)):
             raise XnorpipeError(f"internal error: bits reach a {type(layer).__name__} layer")
+        if i == 0 and first_layer is not None:
+            if fused.get(0) != 1:
+                raise XnorpipeError("internal error: the integer first layer needs a ConvBinarize link 0 -> 1")
+            inputs = [x] + [g.init(f"conv0.{name}", array) for name, array in first_layer.tensors()]
+            x = g.node(CONV_INTEGER_BINARIZE, inputs, "conv0", domain=DOMAIN,
+                       kernel_shape=list(first_layer.kernel_shape), strides=list(first_layer.strides),
+                       pads=list(first_layer.pads), dilations=list(first_layer.dilations))
+            conv_i += 1
+            bits = True
+            continue
         if isinstance(layer, ir.FloatConv):
             tag = f"conv{conv_i}"
             conv_i += 1
@@ -569,6 +735,8 @@ def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
                 x = g.node("Add", [y, bias], f"{tag}.bias_add")
                 if layer.relu:
                     x = g.node("Relu", [x], f"{tag}.relu")
+            if layer.shuffle_output:  # only the bit ops have the attribute (contract v1 does not)
+                x = _emit_shuffle(g, x, layer.group, shapes[i], f"{tag}.shuffle")
         elif isinstance(layer, ir.MaxPool):
             x = g.node(BIT_MAX_POOL if bits else "MaxPool", [x], f"maxpool{i}",
                        domain=DOMAIN if bits else "", **_pool_attrs(layer))
@@ -581,13 +749,7 @@ def _emit_layers(model: ir.DeployModel, form: str, g: _GraphBuilder) -> str:
             x = g.node("AveragePool", [x], f"avgpool{i}", kernel_shape=list(layer.kernel_shape),
                        strides=list(layer.strides), pads=list(layer.pads), count_include_pad=1)
         elif isinstance(layer, ir.ChannelShuffle):
-            c, h, w = shapes[i]
-            grp = layer.groups
-            split = g.init(f"shuffle{i}.split", np.array([0, grp, c // grp, h, w], np.int64))
-            merge = g.init(f"shuffle{i}.merge", np.array([0, c, h, w], np.int64))
-            x = g.node("Reshape", [x, split], f"shuffle{i}.split")
-            x = g.node("Transpose", [x], f"shuffle{i}.transpose", perm=[0, 2, 1, 3, 4])
-            x = g.node("Reshape", [x, merge], f"shuffle{i}.merge")
+            x = _emit_shuffle(g, x, layer.groups, shapes[i], f"shuffle{i}")
         elif isinstance(layer, ir.Flatten):
             x = g.node("Flatten", [x], f"flatten{i}", axis=1)
         else:
@@ -601,7 +763,7 @@ def has_binary_layers(model: ir.DeployModel) -> bool:
     return any(isinstance(layer, ir.BinaryConv) for layer in model.layers)
 
 
-def metadata_props(model: ir.DeployModel, form: str) -> dict[str, str]:
+def metadata_props(model: ir.DeployModel, form: str, first_layer=None) -> dict[str, str]:
     props = {
         "xnorpipe.arch": model.arch,
         "xnorpipe.form": form,
@@ -614,6 +776,9 @@ def metadata_props(model: ir.DeployModel, form: str) -> dict[str, str]:
     }
     for key, value in model.metadata.items():
         props[key if key.startswith("xnorpipe.") else f"xnorpipe.{key}"] = str(value)
+    if first_layer is not None:
+        props.update({"xnorpipe.input": INT8_INPUT_CONVENTION, "xnorpipe.layout": "NHWC",
+                      **first_layer.metadata()})
     return props
 
 
@@ -698,17 +863,21 @@ def _form(form: str):
     return FORMS_BY_NAME[form]
 
 
-def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The IR as an ONNX model of `form` (deploy/forms.py) at ai.onnx `opset`."""
+def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET, first_layer=None) -> onnx.ModelProto:
+    """The IR as an ONNX model of `form` (deploy/forms.py) at ai.onnx `opset`; with
+    `first_layer` (deploy/first_layer.py's IntegerFirstLayer, forms INT8_FORMS) the model takes
+    the uint8 NHWC image and starts with `ConvIntegerBinarize`."""
     spec = _form(form)
     check_opset(form, opset)
     if spec.binary_only and not has_binary_layers(model):
         raise XnorpipeError(f"{model.arch} has no binary layers: only the portable form exists")
+    if first_layer is not None and form not in INT8_FORMS:
+        raise XnorpipeError(f"the integer first layer exists in the {' and '.join(INT8_FORMS)} forms, not {form}")
     if spec.inlines is not None:
-        return inline_functions(build_onnx(model, spec.inlines, opset), form)
+        return inline_functions(build_onnx(model, spec.inlines, opset, first_layer), form)
     g = _GraphBuilder()
     g.name(INPUT_NAME)
-    last = _emit_layers(model, form, g)
+    last = _emit_layers(model, form, g, first_layer)
     # Rename the last tensor to the public output name.
     g.nodes[-1].output[0] = OUTPUT_NAME
     for node in g.nodes:
@@ -717,9 +886,12 @@ def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> 
                 node.input[k] = OUTPUT_NAME
     c, h, w = model.input_shape
     out_shape = layer_shapes(model)[-1]
+    graph_input = (helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, c, h, w])
+                   if first_layer is None else
+                   helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [BATCH_DIM, h, w, c]))
     graph = helper.make_graph(
         g.nodes, f"{model.arch}_{form}",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, c, h, w])],
+        [graph_input],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *out_shape])],
         g.initializers)
     opsets = [helper.make_opsetid("", opset)]
@@ -728,7 +900,7 @@ def build_onnx(model: ir.DeployModel, form: str, opset: int = DEFAULT_OPSET) -> 
         opsets.append(helper.make_opsetid(DOMAIN, OP_VERSION))
     m = helper.make_model(graph, opset_imports=opsets, functions=functions, ir_version=ir_version_for(form, opset),
                           producer_name="xnorpipe", producer_version=__version__)
-    helper.set_model_props(m, metadata_props(model, form))
+    helper.set_model_props(m, metadata_props(model, form, first_layer))
     return m
 
 
@@ -801,6 +973,24 @@ def xnor_conv_model(layer: ir.BinaryConv, input_shape: Sequence[int],
                            _conv_output(layer, input_shape), inits, opset)
 
 
+def conv_integer_binarize_model(layer, input_shape: Sequence[int], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """One `ConvIntegerBinarize` node: X uint8 `input_shape` (N, H, W, C) -> Y bits int32
+    [N, ceil(M/32), Ho, Wo], with `layer`'s tensors (`tensors()`) and attributes (an
+    IntegerFirstLayer)."""
+    n, h, w, c = input_shape
+    weight = np.asarray(layer.weight, np.int8)
+    m, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    conv = ir.FloatConv(weight=np.zeros((m, c, kh, kw), np.float32), bias=np.zeros(m, np.float32),
+                        strides=tuple(layer.strides), pads=tuple(layer.pads), dilations=tuple(layer.dilations))
+    _, ho, wo = layer_shapes(ir.DeployModel(arch="op", layers=[conv], input_shape=(c, h, w)))[-1]
+    names = CONV_INTEGER_BINARIZE_INPUTS[1:]
+    inits = [numpy_helper.from_array(array, name) for name, (_, array) in zip(names, layer.tensors(), strict=True)]
+    node = helper.make_node(CONV_INTEGER_BINARIZE, list(CONV_INTEGER_BINARIZE_INPUTS), ["Y"],
+                            domain=DOMAIN, kernel_shape=[kh, kw], strides=list(layer.strides),
+                            pads=list(layer.pads), dilations=list(layer.dilations))
+    return _one_node_model(node, TensorProto.UINT8, (h, w, c), TensorProto.INT32, (num_words(m), ho, wo), inits, opset)
+
+
 def conv_binarize_model(layer: ir.FloatConv, threshold: np.ndarray, input_shape: Sequence[int],
                         opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """One `ConvBinarize` node: X float `input_shape` (N, C, H, W) -> Y bits int32
@@ -845,7 +1035,6 @@ def xnor_conv_bits_model(layer: ir.BinaryConv, input_shape: Sequence[int],
     `output_threshold` is given. `input_shape` is the float shape (N, C, H, W); X is its bits,
     int32 [N, ceil(C/32), H, W]. The layer's own threshold is not used (its input is bits)."""
     n, c, h, w = input_shape
-    _check_reads_bits(layer)
     m, ho, wo = _conv_output(layer, input_shape)
     inits = [numpy_helper.from_array(layer.weight_bits.astype(np.int32), "W"),
              numpy_helper.from_array(np.asarray(layer.scale, np.float32), "scale"),
@@ -892,9 +1081,23 @@ def _summarise(form: str, path: Path, m: onnx.ModelProto) -> ExportedFile:
                         count_bit_nodes(m))
 
 
-def resolve_forms(model: ir.DeployModel, form: str) -> tuple[list[str], str | None]:
+def resolve_forms(model: ir.DeployModel, form: str, first_layer: str = "float") -> tuple[list[str], str | None]:
     """A form or a set of forms (`all`, `both`) -> forms to write and a note (a float arch
-    asked for several)."""
+    asked for several; a set with --first-layer int8, which only INT8_FORMS have)."""
+    if first_layer not in FIRST_LAYERS:
+        raise XnorpipeError(f"unknown first layer {first_layer!r}; choose {' or '.join(FIRST_LAYERS)}")
+    if first_layer == "int8":
+        if not has_binary_layers(model):
+            raise XnorpipeError(f"{model.arch} is a float arch: --first-layer int8 needs binary layers")
+        if form in FORM_SETS:
+            forms = [f for f in FORM_SETS[form] if f in INT8_FORMS]
+            if not forms:
+                raise XnorpipeError(f"--form {form} has no form with an integer first layer "
+                                    f"({', '.join(INT8_FORMS)})")
+            return forms, f"--first-layer int8: writing {', '.join(forms)} (the forms that have it)"
+        if form not in INT8_FORMS:
+            raise XnorpipeError(f"--first-layer int8 applies to the {' and '.join(INT8_FORMS)} forms, not {form}")
+        return [form], None
     if form in FORM_SETS:
         if has_binary_layers(model):
             return list(FORM_SETS[form]), None
@@ -907,8 +1110,15 @@ def resolve_forms(model: ir.DeployModel, form: str) -> tuple[list[str], str | No
     return [form], None
 
 
-def export_path(out_dir: str | os.PathLike, arch: str, form: str) -> Path:
-    return Path(out_dir) / f"{arch}.{form}.onnx"
+def export_path(out_dir: str | os.PathLike, arch: str, form: str, first_layer: str = "float") -> Path:
+    """`<arch>.<form>.onnx`, or `<arch>.<form>.int8.onnx` with the integer first layer."""
+    return Path(out_dir) / (f"{arch}.{form}.onnx" if first_layer == "float" else f"{arch}.{form}.{first_layer}.onnx")
+
+
+def _arch_paths(out_dir: Path, arch: str) -> list[Path]:
+    """Every file `export` may write for `arch`."""
+    return [export_path(out_dir, arch, form, fl) for form in FORMS for fl in FIRST_LAYERS
+            if fl == "float" or form in INT8_FORMS]
 
 
 # Metadata that names the model a file was exported from: files of one arch in one folder must
@@ -929,8 +1139,8 @@ def _source_of_file(path: Path) -> tuple[str | None, ...] | None:
         return None
 
 
-def _build_checked(model: ir.DeployModel, form: str, opset: int) -> onnx.ModelProto:
-    m = build_onnx(model, form, opset)
+def _build_checked(model: ir.DeployModel, form: str, opset: int, first_layer=None) -> onnx.ModelProto:
+    m = build_onnx(model, form, opset, first_layer)
     try:
         check_onnx(m)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -988,8 +1198,10 @@ def _sync_dir(path: Path) -> None:
 
 
 def export(model: ir.DeployModel, forms: Iterable[str], out_dir: str | os.PathLike,
-           opset: int = DEFAULT_OPSET, note: Callable[[str], None] | None = None) -> list[ExportedFile]:
-    """Build, check and write `<arch>.<form>.onnx` for each form: all of them or none.
+           opset: int = DEFAULT_OPSET, note: Callable[[str], None] | None = None,
+           first_layer=None) -> list[ExportedFile]:
+    """Build, check and write `<arch>.<form>.onnx` for each form: all of them or none. With
+    `first_layer` (an IntegerFirstLayer, forms INT8_FORMS), `<arch>.<form>.int8.onnx`.
 
     The arch's files in `out_dir` always come from one source (checkpoint or random init, see
     SOURCE_KEYS), also after a SIGKILL at any point:
@@ -1004,7 +1216,8 @@ def export(model: ir.DeployModel, forms: Iterable[str], out_dir: str | os.PathLi
     exports of one arch apart, so their steps 2 and 3 cannot interleave.
     """
     forms = list(dict.fromkeys(forms))
-    built = [(form, _build_checked(model, form, opset)) for form in forms]
+    built = [(form, _build_checked(model, form, opset, first_layer)) for form in forms]
+    variant = "float" if first_layer is None else "int8"
     source = source_of(metadata_props(model, "portable"))
     out_dir = Path(out_dir)
     try:
@@ -1013,18 +1226,18 @@ def export(model: ir.DeployModel, forms: Iterable[str], out_dir: str | os.PathLi
         raise write_error(e, out_dir) from None
     written = []
     with _arch_lock(out_dir, model.arch):
-        for form in FORMS:  # killed writers' temps, also of forms this export does not write
-            remove_stale_temps(export_path(out_dir, model.arch, form))
+        for path in _arch_paths(out_dir, model.arch):  # killed writers' temps, also of files not written now
+            remove_stale_temps(path)
         with contextlib.ExitStack() as renames:  # on leaving: every temp renamed onto its target
             for form, m in built:
-                path = export_path(out_dir, model.arch, form)
+                path = export_path(out_dir, model.arch, form, variant)
                 renames.enter_context(atomic_path(path)).write_bytes(m.SerializeToString())  # fsynced
                 written.append((form, path, m))
-            for form in FORMS:
-                path = export_path(out_dir, model.arch, form)
+            targets = {path for _, path, _ in written}
+            for path in _arch_paths(out_dir, model.arch):
                 if path.is_file() and _source_of_file(path) != source:
                     path.unlink()
-                    if form not in forms and note is not None:
+                    if path not in targets and note is not None:
                         note(f"removed {path}: exported from another checkpoint or random init")
         _sync_dir(out_dir)
     return [_summarise(form, path, m) for form, path, m in written]

@@ -6,17 +6,19 @@ bit-exactly against it. The integer tap sum is computed exactly in float64, then
 `scale * sum + bias` in float32 as two separate roundings (kernels must not fuse them).
 The float ops, `ConvBinarize` (`conv_binarize`) and `AvgPoolBinarize` (`avg_pool_binarize`),
 have no bit-exact float32 answer (every runtime sums in its own order): their oracle is the
-real-number result, computed in float64.
+real-number result, computed in float64. The integer first layer, `ConvIntegerBinarize`
+(`conv_integer_binarize`), is exact integer arithmetic: every runtime equals it bit for bit.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xnorpipe.deploy.ir import shuffle_order
 from xnorpipe.deploy.packing import num_words, pack_bits, unpack_bits, unpack_weights
 
 
@@ -146,13 +148,18 @@ def xnor_conv2d_bits(
     bias: np.ndarray,
     *,
     output_threshold: np.ndarray | None = None,
+    shuffle_output: bool = False,
     **attrs,
 ) -> np.ndarray:
     """`XnorConv2dBits` (float32 out) or, with `output_threshold`, `XnorConv2dBitsBinarize`
-    (int32 bits out): `XnorConv2d` on the unpacked +-1 input (threshold 0: +1 >= 0 > -1)."""
+    (int32 bits out): `XnorConv2d` on the unpacked +-1 input (threshold 0: +1 >= 0 > -1), its
+    output channels shuffled as ChannelShuffle(group) with `shuffle_output`; `output_threshold`
+    is per output (shuffled) channel."""
     x = torch.from_numpy(unpack_activation_bits(xp, channels))
     y = xnor_conv2d(x, w_packed, torch.zeros(channels), torch.as_tensor(scale, dtype=torch.float32),
                     torch.as_tensor(bias, dtype=torch.float32), **attrs).numpy()
+    if shuffle_output:
+        y = np.ascontiguousarray(y[:, shuffle_order(y.shape[1], attrs.get("group", 1))])
     return y if output_threshold is None else binarize_bits(y, output_threshold)
 
 
@@ -243,3 +250,102 @@ def avg_pool_binarize(
     """
     y = avg_pool2d64(x, kernel_shape=kernel_shape, strides=strides, pads=pads)
     return _compare_and_pack(y, threshold)
+
+
+# ------------------------------------------------------------ the integer first layer (NumPy)
+
+
+def conv_integer64(
+    x: np.ndarray,
+    weight: np.ndarray,
+    x_zero_point: np.ndarray,
+    pad_value: np.ndarray,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+) -> np.ndarray:
+    """The sums of `xnorpipe::ConvIntegerBinarize`: X uint8 [N, H, W, C] (NHWC), W int8 or int32
+    [M, C, kH, kW], x_zero_point uint8 [C], pad_value int16 or int32 [M, kH, kW] -> int64
+    [N, M, Ho, Wo]:
+
+        acc[n, m, p] = sum over the taps (i, j) of output pixel p (pads [top, left, bottom, right]):
+                         in the image:   sum_c W[m, c, i, j] * (X[n, tap, c] - z[c])
+                         in the padding: pad_value[m, i, j]
+
+    In int64, tap by tap: exact (the op's limits keep every sum far below 2**63).
+    """
+    x, weight, z, pad_value = (np.asarray(a) for a in (x, weight, x_zero_point, pad_value))
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"X must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
+    n, h, w, c = x.shape
+    if weight.dtype not in (np.int8, np.int32) or weight.ndim != 4 or weight.shape[1] != c:
+        raise ValueError(f"W must be int8 or int32 [M, {c}, kH, kW], got {weight.dtype} {weight.shape}")
+    if z.dtype != np.uint8 or z.shape != (c,):
+        raise ValueError(f"x_zero_point must be uint8 [{c}], got {z.dtype} {z.shape}")
+    m, _, kh, kw = weight.shape
+    if pad_value.dtype not in (np.int16, np.int32) or pad_value.shape != (m, kh, kw):
+        raise ValueError(f"pad_value must be int16 or int32 [{m}, {kh}, {kw}], got {pad_value.dtype} {pad_value.shape}")
+    (sh, sw), (dh, dw) = strides, dilations
+    top, left, bottom, right = pads
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"output size {ho}x{wo} <= 0")
+    centred = np.zeros((n, h + top + bottom, w + left + right, c), np.int64)
+    centred[:, top:top + h, left:left + w] = x.astype(np.int64) - z.astype(np.int64)  # 0 on the padding
+    outside = np.ones((h + top + bottom, w + left + right), np.int64)
+    outside[top:top + h, left:left + w] = 0  # 1 where a tap is padding
+    acc = np.zeros((n, m, ho, wo), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            acc += np.einsum("nhwc,mc->nmhw", centred[:, rows, cols], weight[:, :, i, j].astype(np.int64))
+            acc += pad_value[:, i, j].astype(np.int64).reshape(1, m, 1, 1) * outside[rows, cols]
+    return acc
+
+
+def conv_integer_binarize(
+    x: np.ndarray,
+    weight: np.ndarray,
+    x_zero_point: np.ndarray,
+    pad_value: np.ndarray,
+    threshold: np.ndarray,
+    margin: np.ndarray,
+    fine_weight: np.ndarray,
+    fine_pad_value: np.ndarray,
+    fine_threshold: np.ndarray,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+) -> np.ndarray:
+    """`xnorpipe::ConvIntegerBinarize` (inputs in the op's order): bits int32 [N, ceil(M/32),
+    Ho, Wo]. With acc = conv_integer64(X, W (int8), z, pad_value (int16)) and fine =
+    conv_integer64(X, fine_weight (int32), z, fine_pad_value (int32)), bit m is
+
+        1                                   if acc > threshold[m] + margin[m]
+        0                                   if acc < threshold[m] - margin[m]
+        fine >= fine_threshold[m]           otherwise          (bits past M: 0)
+
+    (threshold, margin int32; fine_threshold int64; a negative margin: acc >= threshold decides).
+    """
+    attrs = dict(strides=strides, pads=pads, dilations=dilations)
+    checks = [("W", weight, np.int8), ("pad_value", pad_value, np.int16), ("threshold", threshold, np.int32),
+              ("margin", margin, np.int32), ("fine_weight", fine_weight, np.int32),
+              ("fine_pad_value", fine_pad_value, np.int32), ("fine_threshold", fine_threshold, np.int64)]
+    for name, a, dtype in checks:
+        if np.asarray(a).dtype != dtype:
+            raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {np.asarray(a).dtype}")
+    acc = conv_integer64(x, weight, x_zero_point, pad_value, **attrs)
+    fine = conv_integer64(x, fine_weight, x_zero_point, fine_pad_value, **attrs)
+    m = acc.shape[1]
+    for name, a in (("threshold", threshold), ("margin", margin), ("fine_threshold", fine_threshold)):
+        if np.asarray(a).shape != (m,):
+            raise ValueError(f"{name} must be [{m}], got {np.asarray(a).shape}")
+    threshold, margin, fine_threshold = (np.asarray(a).astype(np.int64).reshape(1, m, 1, 1)
+                                         for a in (threshold, margin, fine_threshold))
+    above = acc - threshold
+    bits = (above > margin) | ((above >= -margin) & (fine >= fine_threshold))
+    return np.ascontiguousarray(pack_bits(bits.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))

@@ -6,8 +6,8 @@ Shared by the CuPy launcher (runtime/torch_xnor.py) and the TensorRT AOT plugin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 BLOCK_THREADS = 128
 BLOCK_PIXELS = 64  # GEMM rows (output pixels) per block

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch.nn as nn
 
@@ -29,7 +29,8 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("nin_gc", _nin.nin_gc, tuple(_nin.NIN_GC_CFG), tuple(_nin.NIN_GC_GROUPS), False, 200, 0.1),
         # lr 0.1: the seed's README says 0.01 but its training log for 82.75 % shows 0.1.
         ArchSpec("nin_xnornet", _nin.nin_xnornet, tuple(_nin.NIN_CFG), tuple(_nin.NIN_GROUPS), True, 200, 0.1),
-        ArchSpec("nin_gc_xnornet", _nin.nin_gc_xnornet, tuple(_nin.NIN_GC_CFG), tuple(_nin.NIN_GC_GROUPS), True, 150, 0.1),
+        ArchSpec("nin_gc_xnornet", _nin.nin_gc_xnornet, tuple(_nin.NIN_GC_CFG), tuple(_nin.NIN_GC_GROUPS), True,
+                 150, 0.1),
     ]
 }
 

@@ -11,7 +11,7 @@ Group nets shuffle channels before block i >= 1 when groups[i-1] > 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -6,6 +6,11 @@ xnorpipe ops run on the bitwise kernels; it refuses a model without XnorConv2d-f
 since its numbers would then silently be stock ORT's.
 Sources: `onnx_path`, or a DeployModel (`model`), emitted in memory in the engine's form
 (`ort`: portable; `ort-xnor`: packed-bits, or `form="packed"`).
+
+Inputs: the normalised float NCHW batch every engine takes. A model with the integer first layer
+(`xnorpipe.first_layer` = int8 in its metadata) takes the decoded uint8 NHWC image instead: the
+engine turns a float batch back into it (`prepare_input`, exact: the pixels are integers), and
+passes a uint8 batch as it is.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ class OrtEngine(Engine):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self._ort_version = ort.__version__
+        self.uint8_input = self.metadata.get("xnorpipe.first_layer") == "int8"
+        if self.uint8_input:
+            self._mean, self._std = _normalisation(self.metadata, source)
 
     def _check_model(self) -> None:
         pass
@@ -99,8 +107,23 @@ class OrtEngine(Engine):
     def _configure(self, so) -> None:
         pass
 
+    def prepare_input(self, x: np.ndarray) -> np.ndarray:
+        """The batch as the model takes it: float32 NCHW, or, for a model with the integer first
+        layer, uint8 NHWC (a float batch is de-normalised: rint((x * std + mean) * 255))."""
+        x = np.asarray(x)
+        if not self.uint8_input:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        if x.dtype == np.uint8:
+            return np.ascontiguousarray(x)
+        channels = self._mean.shape[1]
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise XnorpipeError(f"engine {self.name}: expected a normalised float batch [N, {channels}, H, W] "
+                                f"or a uint8 image batch [N, H, W, {channels}], got {x.dtype} {list(x.shape)}")
+        pixels = (x.astype(np.float64) * self._std + self._mean) * 255.0
+        return np.ascontiguousarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self.prepare_input(x)
         try:
             return self.session.run([self.output_name], {self.input_name: x})[0]
         except Exception as e:  # ORT's own exception types (Fail, RuntimeException, ...)
@@ -112,7 +135,24 @@ class OrtEngine(Engine):
              "xnor_nodes": self.custom_nodes, "threads": self.threads}
         if self.library:
             d["library"] = self.library
+        if self.uint8_input:
+            d["form"] = f"{self.model_form}, int8 first layer"
         return d
+
+
+def _normalisation(meta: dict[str, str], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """mean and std [1, C, 1, 1] from an export's metadata."""
+    import json
+
+    try:
+        mean = np.asarray(json.loads(meta["xnorpipe.mean"]), np.float64)
+        std = np.asarray(json.loads(meta["xnorpipe.std"]), np.float64)
+    except (KeyError, ValueError, TypeError):
+        raise XnorpipeError(f"{source}: an integer-first-layer model without readable xnorpipe.mean/std "
+                            "metadata") from None
+    if mean.ndim != 1 or mean.shape != std.shape or not np.isfinite(mean).all() or not (std > 0).all():
+        raise XnorpipeError(f"{source}: xnorpipe.mean/std must be lists of finite means and positive stds")
+    return mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
 
 
 class OrtXnorEngine(OrtEngine):
@@ -159,6 +199,7 @@ def _library_implements(library: str, op_type: str) -> bool:
         import onnxruntime as ort
 
         from xnorpipe.deploy import ir, onnx_export
+        from xnorpipe.deploy.first_layer import integer_layer
         from xnorpipe.deploy.packing import pack_weights
 
         c = 32
@@ -177,7 +218,10 @@ def _library_implements(library: str, op_type: str) -> bool:
                       ir.FloatConv(weight=np.ones((1, c, 1, 1), np.float32), bias=np.zeros(1, np.float32)),
                       np.zeros(1, np.float32), shape),
                   onnx_export.AVG_POOL_BINARIZE: lambda: onnx_export.avg_pool_binarize_model(
-                      ir.AvgPool((1, 1), (1, 1)), layer.threshold, shape)}
+                      ir.AvgPool((1, 1), (1, 1)), layer.threshold, shape),
+                  onnx_export.CONV_INTEGER_BINARIZE: lambda: onnx_export.conv_integer_binarize_model(
+                      integer_layer(np.ones((1, 3, 1, 1), np.int8), np.zeros(3, np.uint8),
+                                    np.zeros((1, 1, 1), np.int16), np.zeros(1, np.int32)), (1, 1, 1, 3))}
         if op_type not in probes:
             _IMPLEMENTS[key] = False
         else:
@@ -191,3 +235,4 @@ def _library_implements(library: str, op_type: str) -> bool:
             except Exception:
                 _IMPLEMENTS[key] = False
     return _IMPLEMENTS[key]
+

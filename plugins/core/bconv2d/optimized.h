@@ -34,17 +34,56 @@ using PoolFor = std::function<void(std::size_t count, const std::function<void(s
 // One item runs inline, without the pool.
 ParallelFor guarded_parallel_for(PoolFor pool_for);
 
+// How every kernel splits its work (the one policy; kernels call split_for, not parallel_for).
+// A kernel states how many items it has and what one costs, in estimated nanoseconds of one
+// core from its shape and the rates below. A call too small to repay waking a pool thread runs
+// on the calling thread; a larger one runs as consecutive runs of items, each at least
+// kMinTaskNs, so no thread is handed work smaller than what handing it over costs. Estimates
+// need only be right within a factor of ~2: they decide between one task and a few.
+namespace cost {
+// Rates of the AVX-512 kernels on the development machine (Zen 4), from per-node profiles of
+// nin_xnornet and nin_gc_xnornet (benchmarks/xnor_cpu/profile_model.py); the other paths are
+// slower, so for them a call goes parallel a little later than it could.
+constexpr double kPopcountWordNs = 0.022;  // one filter x one output pixel x one input word (all taps)
+constexpr double kFloatMacNs = 0.0095;      // ConvBinarize: one multiply-add
+constexpr double kFloatValueNs = 0.06;      // one float read and compared or summed (packing, pools)
+constexpr double kBitWordNs = 0.25;         // one bit word gathered or OR-ed (copies, BitMaxPool)
+// Below this a call runs on the calling thread. Measured in ONNX Runtime's pool (2 threads): a
+// parallel section costs as much as it saves at ~10 us of work (a Binarize of 2x64x32x32:
+// 18.6 us split in two, 17.8 us inline) and halves the time from ~50 us on; and these
+// estimates run 1-2x low for the smaller binary layers (per-call set-up they do not count).
+constexpr double kSerialBelowNs = 20000;
+// Each task (run of items) handed to the pool is at least this much work.
+constexpr double kMinTaskNs = 10000;
+}  // namespace cost
+
+// The number of tasks split_for makes of `count` items of `item_ns` each: 1 below
+// kSerialBelowNs, else as many as keep each >= kMinTaskNs (at least 2, at most count).
+std::size_t split_tasks(std::size_t count, double item_ns);
+// body(i) for every i in [0, count): inline on the calling thread when split_tasks says 1,
+// else as split_tasks runs of consecutive items through parallel_for.
+void split_for(const ParallelFor& parallel_for, std::size_t count, double item_ns,
+               const std::function<void(std::size_t)>& body);
+
 // Weights in the layout of one popcount path; built once per weight tensor.
 struct PackedFilters {
   PopcountPath path = PopcountPath::kPortable;
   ConvKernel kernel = ConvKernel::kFiltersInLanes;
   int lanes = 1;             // filters per SIMD block (pointwise: filters per register block)
-  int blocks_per_group = 0;  // ceil(Mg / lanes)
+  int blocks_per_group = 0;  // ceil(Mg / lanes) (groups in lanes: 0, blocks are not per group)
   int k_words = 0;           // taps * nw
-  std::vector<uint32_t> words;         // [G][blocks][k_words][lanes], pad filters/bits 0 (both kernels)
+  // [G][blocks][k_words][lanes], pad filters/bits 0 (filters in lanes, pointwise); groups in
+  // lanes: [Mg][G / 16][k_words][16], block (j, b) lane l = filter j of group 16 b + l; half-word
+  // groups: [M / 32][k_words][32] 16-bit weights, block b lane l = output channel 32 b + l.
+  std::vector<uint32_t> words;
+  int filter_slots = 0;      // entries of the per-slot tables (>= M: pad filters)
   std::vector<int32_t> tap_popcount;   // [M][taps]
   std::vector<int32_t> masked;         // [M][kH][kW][nw] with pad bits cleared (reference path)
-  int padded_filters() const { return int(words.size() / (size_t(k_words) * lanes)) * lanes; }
+  int padded_filters() const { return filter_slots; }
+  // Where filter m sits: block slots[m] / lanes, lane slots[m] % lanes (the scale, bias and
+  // correction tables are indexed by slot; groups in lanes: slot = output channel). And the
+  // output channel it writes, output_channel(m). Tables: no divisions in per-call loops.
+  std::vector<int32_t> slots, channels;
 
   // Padding classes per input size (H, W), built on first use: they depend on the weights
   // and cost O(classes * M * taps), too much to redo on every call.
@@ -72,6 +111,12 @@ struct TileArgs {
   float* out;                // Y[n][first filter of block], plane of Ho*Wo floats per filter
   int64_t out_plane;
   int out_pixel_base = 0;    // pixel p goes to out[filter * out_plane + p - out_pixel_base]
+  bool lanes_read_own_word = false;  // groups in lanes: lane l reads word l from the tap's offset
+  // Half-word groups (tile_half_words_avx512): 32 16-bit lanes; the 16 words from the tap's
+  // offset, or (16 groups) its 8 words in both halves. Bit output: one whole word per pixel,
+  // out_bits32[p - out_pixel_base].
+  bool broadcast_half = false;
+  uint32_t* out_bits32 = nullptr;
   // Bit output (tile_avx512 only, blocks starting at a multiple of 16 filters): instead of
   // `out`, the 16 bits (y >= out_threshold) of pixel p go to out_bits16[2 * (p - out_pixel_base)],
   // one half of that pixel's output word.
@@ -97,12 +142,14 @@ struct PointwiseArgs {
   int64_t out_plane;
   int filters_valid;
   int npx;
-  // Bit output instead of `out`: filter m's bit (y >= out_threshold[r]) is OR-ed into
-  // out_bits[(m / 32) * out_bits_stride + pixel], m = first_filter + r; rows hold >= round_up(npx, 16).
+  // Bit output instead of `out`: filter r's bit (y >= out_threshold[r]) is OR-ed into
+  // out_bits[(m / 32) * out_bits_stride + pixel], m = first_filter + r * filter_stride (its
+  // output channel); rows hold >= round_up(npx, 16).
   uint32_t* out_bits = nullptr;
   int64_t out_bits_stride = 0;
   const float* out_threshold = nullptr;  // [kPointwiseFilters] (padded)
   int first_filter = 0;
+  int filter_stride = 1;
   // Optional, with out_bits: the bit as a popcount interval (PopcountIntervals), no float math;
   // used when the block's filters share one output word.
   const int32_t* out_pc_lo = nullptr;     // [kPointwiseFilters] (padded)
@@ -113,6 +160,7 @@ void pointwise_avx512(const PointwiseArgs& a);
 void tile_portable(const TileArgs& a);
 void tile_avx2(const TileArgs& a);
 void tile_avx512(const TileArgs& a);
+void tile_half_words_avx512(const TileArgs& a);  // needs AVX-512 BW + BITALG (cpu_supports_half_words)
 
 // Pixels per register tile (the pixel arrays are padded to a multiple of this).
 constexpr int kMaxTilePixels = 16;

@@ -23,9 +23,17 @@ struct BConv2DParams {
   int dilation_h = 1, dilation_w = 1;
   int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   bool relu = false;
+  // Output channels shuffled as ChannelShuffle(group) (XnorConv2dBits* attribute
+  // shuffle_output): filter m, the (m % Mg)-th of group m / Mg, writes channel output_channel(m).
+  bool shuffle_output = false;
 
   int channels_per_group() const { return channels / group; }
   int filters_per_group() const { return filters / group; }
+  int output_channel(int m) const {
+    return shuffle_output ? (m % filters_per_group()) * group + m / filters_per_group() : m;
+  }
+  // Output channels between consecutive filters of one group.
+  int output_channel_stride() const { return shuffle_output ? group : 1; }
   int words_per_tap() const { return num_words(channels_per_group()); }  // nw
   int taps() const { return kernel_h * kernel_w; }
 

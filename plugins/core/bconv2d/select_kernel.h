@@ -32,7 +32,18 @@ PopcountPath select_path();
 enum class ConvKernel {
   kFiltersInLanes,  // any shape: filters in SIMD lanes, channel-packed image, 16x16 tile transpose
   kPointwise,       // 1x1, stride 1, no padding (AVX-512): pixels in lanes, planar packed words
+  // Groups of <= 32 channels with a shuffled output, group % 16 == 0 (AVX-512): the 16 lanes are
+  // one filter of 16 consecutive groups, i.e. 16 consecutive output channels; each lane reads
+  // its own group's word (one vector load, no broadcast). nin_gc_xnornet's L3 and L6.
+  kGroupsInLanes,
+  // Groups of exactly 16 channels with a shuffled output (AVX-512 BW + BITALG): two groups per
+  // bit-tensor word, 32 16-bit lanes (vpopcntw) = 32 consecutive output channels, one output
+  // word per pixel; the image keeps the bit tensor's own word layout. Twice the lanes of
+  // kGroupsInLanes for such groups (half of whose words' bits it would leave unused).
+  kHalfWordGroups,
 };
 ConvKernel select_conv_kernel(const BConv2DParams& p, PopcountPath path);
+// AVX-512 BW + BITALG (vpopcntw), which kHalfWordGroups needs.
+bool cpu_supports_half_words();
 
 }  // namespace xnorpipe::bconv2d

@@ -70,7 +70,9 @@ void ConvBinarize::run(const float* x, int n_batch, int in_h, int in_w, const Pa
   std::copy(threshold, threshold + p.filters, thr_padded.begin());
 
   const int blocks = (out_h + rows_per_item - 1) / rows_per_item;
-  parallel_for(size_t(n_batch) * blocks, [&](size_t item) {
+  const double item_ns = double(rows_per_item) * out_w * p.filters * p.channels_per_group() * p.taps() *
+                         bconv2d::cost::kFloatMacNs;
+  bconv2d::split_for(parallel_for, size_t(n_batch) * blocks, item_ns, [&](size_t item) {
     const int n = int(item / blocks), oh0 = int(item % blocks) * rows_per_item;
     const int oh1 = std::min(out_h, oh0 + rows_per_item);
     // Rows [row0, row1) of the padded input: row1 <= in_h + pads (the output size says so).

@@ -122,13 +122,14 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
   // Fused binarization as popcount intervals, the block's filters in one output word (always
   // with group 1): their bits are gathered in registers, one read-modify-write per vector. A
   // block straddling two words (some grouped layers) takes the float comparison below.
-  if (a.out_bits && a.out_pc_lo && a.first_filter % kWordBits + a.filters_valid <= kWordBits) {
+  const int last_channel = a.first_filter + (a.filters_valid - 1) * a.filter_stride;
+  if (a.out_bits && a.out_pc_lo && a.first_filter / kWordBits == last_channel / kWordBits) {
     __m512i bits[PV];
     for (int v = 0; v < PV; ++v) bits[v] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       if (r >= a.filters_valid) break;
-      const __m512i bit = _mm512_set1_epi32(int(1u << ((a.first_filter + r) % kWordBits)));
+      const __m512i bit = _mm512_set1_epi32(int(1u << ((a.first_filter + r * a.filter_stride) % kWordBits)));
       const __m512i lo = _mm512_set1_epi32(a.out_pc_lo[r]), range = _mm512_set1_epi32(int(a.out_pc_range[r]));
 #pragma GCC unroll 4
       for (int v = 0; v < PV; ++v) {
@@ -149,7 +150,7 @@ inline void pointwise_block(const PointwiseArgs& a, int p0, int live_px) {
     if (r >= a.filters_valid) break;
     const __m512 scale = _mm512_set1_ps(a.scale[r]), bias = _mm512_set1_ps(a.bias[r]);
     if (a.out_bits) {  // the next layer's binarization, fused: Y never leaves the registers
-      const int m = a.first_filter + r;
+      const int m = a.first_filter + r * a.filter_stride;
       uint32_t* row = a.out_bits + (m / kWordBits) * a.out_bits_stride + p0;
       const __m512i bit = _mm512_set1_epi32(int(1u << (m % kWordBits)));
       const __m512 thr = _mm512_set1_ps(a.out_threshold[r]);
@@ -226,7 +227,12 @@ inline void transpose16x16(__m512i r[16]) {
 
 }  // namespace
 
-void tile_avx512(const TileArgs& a) {
+namespace {
+
+// kOwnWord: groups in lanes, each lane xors its own group's word (16 consecutive words, one
+// load); else filters in lanes, one input word broadcast to all.
+template <bool kOwnWord>
+void tile_avx512_impl(const TileArgs& a) {
   constexpr int R = 16;
   const __m512 scale = _mm512_loadu_ps(a.scale), bias = _mm512_loadu_ps(a.bias);
   const __m512 zero = _mm512_setzero_ps();
@@ -243,7 +249,7 @@ void tile_avx512(const TileArgs& a) {
       const int off = a.k_off[k];
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const __m512i xv = _mm512_set1_epi32(int(base[r][off]));
+        const __m512i xv = kOwnWord ? _mm512_loadu_si512(base[r] + off) : _mm512_set1_epi32(int(base[r][off]));
         acc[r] = _mm512_add_epi32(acc[r], _mm512_popcnt_epi32(_mm512_xor_si512(xv, wv)));
       }
     }
@@ -272,6 +278,86 @@ void tile_avx512(const TileArgs& a) {
     for (int l = 0; l < a.lanes_valid; ++l)
       _mm512_mask_storeu_epi32(a.out + l * a.out_plane + (p0 - a.out_pixel_base), live, acc[l]);
   }
+}
+
+}  // namespace
+
+void tile_avx512(const TileArgs& a) {
+  if (a.lanes_read_own_word) tile_avx512_impl<true>(a);
+  else tile_avx512_impl<false>(a);
+}
+
+namespace {
+
+// Half-word groups: 32 16-bit lanes (vpopcntw: AVX-512 BITALG) of 16 pixels; lane l is output
+// channel slot0 + l. kBroadcast: 16 groups, the tap's 8 words in both 256-bit halves.
+template <bool kBroadcast>
+__attribute__((target("avx512f,avx512bw,avx512bitalg"))) void tile_half_words_impl(const TileArgs& a) {
+  constexpr int R = 16;
+  const __m512 scale_lo = _mm512_loadu_ps(a.scale), scale_hi = _mm512_loadu_ps(a.scale + 16);
+  const __m512 bias_lo = _mm512_loadu_ps(a.bias), bias_hi = _mm512_loadu_ps(a.bias + 16);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 thr_lo = a.out_bits32 ? _mm512_loadu_ps(a.out_threshold) : zero;
+  const __m512 thr_hi = a.out_bits32 ? _mm512_loadu_ps(a.out_threshold + 16) : zero;
+  const uint16_t* filters = reinterpret_cast<const uint16_t*>(a.filters);
+  for (int p0 = a.pix_begin; p0 < a.pix_end; p0 += R) {
+    const uint32_t* base[R];
+    for (int r = 0; r < R; ++r) base[r] = a.input + a.pix_off[p0 + r];
+    __m512i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    const uint16_t* w = filters;
+    for (int k = 0; k < a.k_words; ++k, w += 32) {  // sums <= taps * 16: no 16-bit overflow
+      const __m512i wv = _mm512_loadu_si512(w);
+      const int off = a.k_off[k];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512i xv = kBroadcast ? _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base[r] + off)))
+                                      : _mm512_loadu_si512(base[r] + off);
+        acc[r] = _mm512_add_epi16(acc[r], _mm512_popcnt_epi16(_mm512_xor_si512(xv, wv)));
+      }
+    }
+    __m512i lo_rows[R], hi_rows[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const int cls = a.pix_cls[p0 + r];
+      const int32_t* corr = a.correction + int64_t(cls) * a.correction_stride;
+      const __m512i valid = _mm512_set1_epi32(a.valid_bits[cls]);
+      const __m512i pc_lo = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc[r])), _mm512_loadu_si512(corr));
+      const __m512i pc_hi = _mm512_sub_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc[r], 1)),
+                                             _mm512_loadu_si512(corr + 16));
+      __m512 y_lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(valid, _mm512_add_epi32(pc_lo, pc_lo))), scale_lo);
+      __m512 y_hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(valid, _mm512_add_epi32(pc_hi, pc_hi))), scale_hi);
+      y_lo = _mm512_add_ps(y_lo, bias_lo);  // separate roundings (-ffp-contract=off)
+      y_hi = _mm512_add_ps(y_hi, bias_hi);
+      if (a.relu) {
+        y_lo = _mm512_max_ps(zero, y_lo);
+        y_hi = _mm512_max_ps(zero, y_hi);
+      }
+      if (a.out_bits32) {  // the 32 channels' bits: the pixel's whole output word
+        if (p0 + r < a.pix_end)
+          a.out_bits32[p0 + r - a.out_pixel_base] = uint32_t(_mm512_cmp_ps_mask(y_lo, thr_lo, _CMP_GE_OQ)) |
+                                                    uint32_t(_mm512_cmp_ps_mask(y_hi, thr_hi, _CMP_GE_OQ)) << 16;
+        continue;
+      }
+      lo_rows[r] = _mm512_castps_si512(y_lo);
+      hi_rows[r] = _mm512_castps_si512(y_hi);
+    }
+    if (a.out_bits32) continue;
+    transpose16x16(lo_rows);  // lo_rows[l] = 16 consecutive pixels of lane l
+    transpose16x16(hi_rows);
+    const __mmask16 live = __mmask16((1u << std::min(R, a.pix_end - p0)) - 1u);
+    for (int l = 0; l < 16; ++l) {
+      _mm512_mask_storeu_epi32(a.out + l * a.out_plane + (p0 - a.out_pixel_base), live, lo_rows[l]);
+      _mm512_mask_storeu_epi32(a.out + (16 + l) * a.out_plane + (p0 - a.out_pixel_base), live, hi_rows[l]);
+    }
+  }
+}
+
+}  // namespace
+
+void tile_half_words_avx512(const TileArgs& a) {
+  if (a.broadcast_half) tile_half_words_impl<true>(a);
+  else tile_half_words_impl<false>(a);
 }
 
 }  // namespace xnorpipe::bconv2d

@@ -30,7 +30,8 @@ void bit_max_pool(const PoolParams& p, const uint32_t* bits, int n_batch, int wo
   const int64_t out_h = p.out_h(in_h), out_w = p.out_w(in_w);
   const int64_t in_plane = int64_t(in_h) * in_w, out_plane = out_h * out_w;
   // One item per (image, word plane): planes are small (a few KiB) and independent.
-  parallel_for(size_t(n_batch) * words, [&](size_t item) {
+  const double item_ns = double(out_plane) * p.kernel_h * p.kernel_w * bconv2d::cost::kBitWordNs;
+  bconv2d::split_for(parallel_for, size_t(n_batch) * words, item_ns, [&](size_t item) {
     const uint32_t* src = bits + int64_t(item) * in_plane;
     uint32_t* dst = out + int64_t(item) * out_plane;
     for (int64_t oh = 0; oh < out_h; ++oh) {
@@ -104,7 +105,8 @@ void avg_pool_binarize(const PoolParams& p, const float* x, int n_batch, int cha
   const bool simd = path == bconv2d::PopcountPath::kAvx512 && AvgRowTaps::fits(p, in_w, out_w);
   const AvgRowTaps taps(p, in_w, out_w);
   // Items: (image, output word); each builds its 32 channels' bits in a small buffer.
-  parallel_for(size_t(n_batch) * words, [&](size_t item) {
+  const double item_ns = double(std::min(channels, 32)) * in_plane * 2 * bconv2d::cost::kFloatValueNs;
+  bconv2d::split_for(parallel_for, size_t(n_batch) * words, item_ns, [&](size_t item) {
     const int n = int(item / words), q = int(item % words);
     thread_local std::vector<float> prow;
     thread_local std::vector<uint32_t> word;

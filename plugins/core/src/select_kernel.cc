@@ -37,6 +37,15 @@ bool cpu_supports(PopcountPath path) {
   return false;
 }
 
+bool cpu_supports_half_words() {
+#if defined(__x86_64__) || defined(__i386__)
+  return cpu_supports(PopcountPath::kAvx512) && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512bitalg");
+#else
+  return false;
+#endif
+}
+
 PopcountPath best_path() {
   for (PopcountPath p : {PopcountPath::kAvx512, PopcountPath::kAvx2})
     if (cpu_supports(p)) return p;
@@ -67,6 +76,12 @@ ConvKernel select_conv_kernel(const BConv2DParams& p, PopcountPath path) {
   const bool pointwise = p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
                          p.pad_top == 0 && p.pad_left == 0 && p.pad_bottom == 0 && p.pad_right == 0;
   if (pointwise && path == PopcountPath::kAvx512) return ConvKernel::kPointwise;
+  if (path == PopcountPath::kAvx512 && p.shuffle_output && p.group % 16 == 0 && p.words_per_tap() == 1) {
+    // 32 lanes: 2 filters of 16 groups, or 1 filter of 32 groups
+    const bool pairs = p.group == 16 ? p.filters_per_group() % 2 == 0 : p.group % 32 == 0;
+    if (p.channels_per_group() == 16 && pairs && cpu_supports_half_words()) return ConvKernel::kHalfWordGroups;
+    return ConvKernel::kGroupsInLanes;
+  }
   return ConvKernel::kFiltersInLanes;
 }
 

@@ -1,4 +1,5 @@
 // Every popcount path this CPU runs vs reference.h, bit-exact, on random shapes and edge values.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <functional>
@@ -14,6 +15,7 @@
 #include "core/bconv2d/optimized.h"
 #include "core/pool/pool.h"
 #include "core/conv_binarize/conv_binarize.h"
+#include "core/conv_integer_binarize/conv_integer_binarize.h"
 #include "core/bconv2d/reference.h"
 
 using namespace xnorpipe::bconv2d;
@@ -155,6 +157,186 @@ int hardening_checks(int& cases) {
     }
     check(ok && ran == 11);  // the items after the failure are skipped
   }
+  // split_for: small calls stay on the calling thread (the pool is never called); large ones
+  // become runs of consecutive items, each >= kMinTaskNs, every item exactly once.
+  {
+    namespace cost = xnorpipe::bconv2d::cost;
+    check(split_tasks(0, 1e9) == 0 && split_tasks(1, 1e9) == 1 && split_tasks(1000, 1.0) == 1);
+    check(split_tasks(2, cost::kSerialBelowNs / 2) == 2 && split_tasks(10, cost::kSerialBelowNs / 20) == 1);
+    check(split_tasks(1000, cost::kMinTaskNs / 10) == 100 && split_tasks(7, 1e9) == 7);
+    size_t pool_calls = 0, tasks_seen = 0;
+    const ParallelFor counting = [&](size_t count, const std::function<void(size_t)>& item) {
+      ++pool_calls;
+      tasks_seen += count;
+      for (size_t i = count; i-- > 0;) item(i);  // any order
+    };
+    for (const auto& [count, item_ns] : std::vector<std::pair<size_t, double>>{{100, 10.0}, {1000, 100.0}, {37, 3e3}}) {
+      std::vector<int> hits(count, 0);
+      pool_calls = tasks_seen = 0;
+      split_for(counting, count, item_ns, [&](size_t i) { ++hits[i]; });
+      const size_t tasks = split_tasks(count, item_ns);
+      check(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+      check(tasks == 1 ? pool_calls == 0 : pool_calls == 1 && tasks_seen == tasks);
+      check(tasks == 1 || double(count / tasks) * item_ns >= cost::kMinTaskNs);  // the smallest run
+    }
+  }
+  return failures;
+}
+
+
+// ConvIntegerBinarize: every integer family this CPU runs vs direct int64 sums of W * (X - z)
+// over the in-image taps plus pad_value over the padded ones (the int8 sum and the fine sum)
+// and the margin rule, bit-exact; shapes, strides, dilations and pads at random (pads past the
+// kernel: taps all padded), and the extremes: all-255 images, weights at -128 and +127 (fine:
+// +-2^31), zero points 0 and 255, pad values at +-2^15, thresholds at a sum's exact value and
+// at the integer extremes, margins -1, 0, small and INT32_MAX (the fine sum decides everything).
+int conv_integer_binarize_checks(std::mt19937& rng, int& cases) {
+  namespace cib = xnorpipe::conv_integer_binarize;
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<cib::IntIsa> isas;
+  for (auto isa : {cib::IntIsa::kPortable, cib::IntIsa::kAvx2, cib::IntIsa::kAvxVnni, cib::IntIsa::kAvx512Vnni})
+    if (cib::cpu_supports(isa)) isas.push_back(isa);
+  std::printf("conv_integer_binarize families:");
+  for (auto isa : isas) std::printf(" %s", cib::isa_name(isa));
+  std::printf("\n");
+  int failures = 0;
+  for (int iter = 0; iter < 160; ++iter) {
+    BConv2DParams p;
+    p.channels = iter % 10 == 3 ? uni(20, 70) : uni(1, 5);
+    p.filters = uni(1, iter % 4 == 0 ? 200 : 70);
+    p.kernel_h = std::vector<int>{1, 3, 5}[uni(0, 2)];
+    p.kernel_w = uni(0, 3) ? p.kernel_h : std::vector<int>{1, 2, 3, 5}[uni(0, 3)];
+    p.stride_h = uni(1, 2); p.stride_w = uni(1, 3);
+    p.dilation_h = uni(0, 3) ? 1 : 2; p.dilation_w = uni(0, 3) ? 1 : 2;
+    p.pad_top = uni(0, 3); p.pad_left = uni(0, 3); p.pad_bottom = uni(0, 3); p.pad_right = uni(0, 3);
+    if (iter % 9 == 5) {
+      p.pad_top = uni(0, 7); p.pad_left = uni(0, 7); p.pad_bottom = uni(0, 7); p.pad_right = uni(0, 7);
+    }
+    const int n = uni(1, 3), h = uni(1, 20), w = uni(1, iter % 8 == 0 ? 40 : 17);
+    const int64_t oh = p.out_h(h), ow = p.out_w(w);
+    if (oh < 1 || ow < 1) continue;
+    const int c_in = p.channels, taps = p.kernel_h * p.kernel_w, words = num_words(p.filters);
+    // extremes: 0 random, 1 saturating (all-255 image, weights -128/+127), 2 all-zero image
+    const int kind = iter % 3;
+    std::vector<uint8_t> x(size_t(n) * h * w * c_in), z(c_in);
+    std::vector<int8_t> wts(size_t(p.filters) * c_in * taps);
+    std::vector<int16_t> pad_value(size_t(p.filters) * taps);
+    std::vector<int32_t> fine_w(wts.size()), fine_pv(pad_value.size());
+    for (auto& v : x) v = uint8_t(kind == 1 ? 255 : kind == 2 ? 0 : uni(0, 255));
+    for (auto& v : wts) v = int8_t(kind == 1 ? (uni(0, 1) ? 127 : -128) : uni(-128, 127));
+    for (auto& v : z) v = uint8_t(kind == 1 ? uni(0, 1) * 255 : uni(0, 255));
+    for (auto& v : pad_value) v = int16_t(kind == 1 ? (uni(0, 1) ? 32767 : -32768) : uni(-300, 300));
+    for (auto& v : fine_w) v = kind == 1 ? (uni(0, 1) ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min())
+                                         : int32_t(rng()) >> uni(0, 24);
+    for (auto& v : fine_pv) v = kind == 1 ? std::numeric_limits<int32_t>::min() : int32_t(rng()) >> uni(0, 24);
+    std::vector<int64_t> acc(size_t(n) * p.filters * oh * ow, 0), fine(acc.size(), 0);
+    for (int b = 0; b < n; ++b)
+      for (int m = 0; m < p.filters; ++m)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            int64_t s = 0, f = 0;
+            for (int c = 0; c < c_in; ++c)
+              for (int u = 0; u < p.kernel_h; ++u)
+                for (int v = 0; v < p.kernel_w; ++v) {
+                  const int64_t y = i * p.stride_h - p.pad_top + u * p.dilation_h, q = j * p.stride_w - p.pad_left + v * p.dilation_w;
+                  if (y < 0 || y >= h || q < 0 || q >= w) {
+                    if (c == 0) s += pad_value[size_t(m) * taps + u * p.kernel_w + v];
+                    if (c == 0) f += fine_pv[size_t(m) * taps + u * p.kernel_w + v];
+                    continue;
+                  }
+                  const int64_t centred = int64_t(x[((int64_t(b) * h + y) * w + q) * c_in + c]) - z[c];
+                  s += wts[(size_t(m) * c_in + c) * taps + u * p.kernel_w + v] * centred;
+                  f += fine_w[(size_t(m) * c_in + c) * taps + u * p.kernel_w + v] * centred;
+                }
+            acc[((size_t(b) * p.filters + m) * oh + i) * ow + j] = s;
+            fine[((size_t(b) * p.filters + m) * oh + i) * ow + j] = f;
+          }
+    // Thresholds: a sum that occurs (so acc == t is hit), +-1 of it, or the int32 extremes.
+    std::vector<int32_t> thr(p.filters), margin(p.filters);
+    std::vector<int64_t> fine_thr(p.filters);
+    for (int m = 0; m < p.filters; ++m) {
+      const size_t seen = ((size_t(uni(0, n - 1)) * p.filters + m) * oh + uni(0, int(oh) - 1)) * ow + uni(0, int(ow) - 1);
+      const int r = uni(0, 9);
+      thr[m] = r == 0 ? std::numeric_limits<int32_t>::min() : r == 1 ? std::numeric_limits<int32_t>::max()
+                                                                     : int32_t(acc[seen] + uni(-1, 1));
+      fine_thr[m] = r == 2 ? std::numeric_limits<int64_t>::min() : r == 3 ? std::numeric_limits<int64_t>::max()
+                                                                          : fine[seen] + uni(-1, 1);
+      const int g = uni(0, 4);
+      margin[m] = g == 0 ? -1 : g == 1 ? 0 : g == 2 ? std::numeric_limits<int32_t>::max() : uni(1, 5000);
+    }
+    std::vector<uint32_t> want(size_t(n) * words * oh * ow, 0u);
+    for (int b = 0; b < n; ++b)
+      for (int m = 0; m < p.filters; ++m)
+        for (int64_t i = 0; i < oh * ow; ++i) {
+          const size_t at = (size_t(b) * p.filters + m) * oh * ow + i;
+          const int64_t d = acc[at] - thr[m];
+          const bool bit = d > margin[m] || (d >= -int64_t(margin[m]) && fine[at] >= fine_thr[m]);
+          if (bit) want[(size_t(b) * words + m / 32) * oh * ow + i] |= 1u << (m % 32);
+        }
+    for (auto isa : isas) {
+      cib::ConvIntegerBinarize conv(p, isa);
+      const auto packed = conv.pack_weights(wts.data());
+      std::vector<uint32_t> got(want.size(), 0xdeadbeefu);
+      cib::IntInputs in;
+      in.x_zero_point = z.data();
+      in.pad_value = pad_value.data();
+      in.threshold = thr.data();
+      in.margin = margin.data();
+      in.fine_weight = fine_w.data();
+      in.fine_pad_value = fine_pv.data();
+      in.fine_threshold = fine_thr.data();
+      conv.run(x.data(), n, h, w, packed, in, got.data(), thread_parallel_for(1 + iter % 2));
+      ++cases;
+      if (got != want) {
+        std::printf("MISMATCH conv_integer_binarize isa=%s C=%d M=%d k=%dx%d s=%dx%d d=%dx%d pads=%d,%d,%d,%d n=%d %dx%d kind=%d\n",
+                    cib::isa_name(isa), c_in, p.filters, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.dilation_h,
+                    p.dilation_w, p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, n, h, w, kind);
+        if (++failures > 10) return failures;
+      }
+    }
+  }
+  // Hostile attributes and sizes: one-line errors before anything is allocated.
+  auto check = [&](bool ok) { ++cases; failures += !ok; };
+  BConv2DParams base;
+  base.channels = 3;
+  base.filters = 8;
+  base.kernel_h = base.kernel_w = 3;
+  auto make = [](BConv2DParams p) { return [p] { cib::ConvIntegerBinarize conv(p, cib::IntIsa::kPortable); }; };
+  BConv2DParams p = base;
+  p.group = 3;
+  p.filters = 9;
+  check(throws("cib group", make(p), "ConvIntegerBinarize: ", "group must be 1"));
+  p = base;
+  p.channels = 3641;  // (3641 + 1) * 9 taps = 32778 > 32768
+  check(throws("cib taps", make(p), "ConvIntegerBinarize: ", "exceeds 32768"));
+  p = base;
+  p.kernel_w = (1 << 16) + 1;
+  check(throws("cib kernel", make(p), "ConvIntegerBinarize: ", "kernel_shape"));
+  p = base;
+  p.stride_h = 1 << 16;
+  {  // a work item's padded rows (65536 x 2^24 * 3 bytes) would exceed the limit
+    cib::ConvIntegerBinarize conv(p, cib::IntIsa::kPortable);
+    std::vector<int8_t> w(size_t(8) * 27, 1);
+    const auto packed = conv.pack_weights(w.data());
+    const uint8_t dummy[3] = {0, 0, 0};
+    const int16_t pv_dummy[72] = {};
+    const int32_t i32_dummy[216] = {};
+    const int64_t i64_dummy[8] = {};
+    const cib::IntInputs in{dummy, pv_dummy, i32_dummy, i32_dummy, i32_dummy, i32_dummy, i64_dummy};
+    uint32_t out[1];
+    check(throws("cib rows", [&] { conv.run(dummy, 1, 4 << 16, 1 << 24, packed, in, out, thread_parallel_for(2)); },
+                 "ConvIntegerBinarize: ", "padded input rows"));
+    check(throws("cib output", [&] { conv.run(dummy, 1, 2, 2, packed, in, out, thread_parallel_for(2)); },
+                 "ConvIntegerBinarize: ", "output size"));
+    bool ok = true;  // an empty batch: no data needed
+    try {
+      conv.run(nullptr, 0, 8, 8, packed, cib::IntInputs{}, nullptr, thread_parallel_for(2));
+    } catch (const std::exception& e) {
+      std::printf("FAIL cib batch 0: %s\n", e.what());
+      ok = false;
+    }
+    check(ok);
+  }
   return failures;
 }
 
@@ -171,9 +353,9 @@ int main() {
     // larger than its 256-pixel chunk and widths that are not multiples of 16.
     const bool pointwise = iter >= 300;
     BConv2DParams p;
-    p.group = std::vector<int>{1, 1, 1, 2, 3, 4}[uni(0, 5)];
+    p.group = std::vector<int>{1, 1, 1, 2, 3, 4, 8, 16}[uni(0, 7)];
     p.channels = p.group * uni(1, iter % 5 == 0 ? 100 : 40);
-    if (iter % 11 == 0) p.channels = p.group * 32 * uni(1, 2);  // grouped layers that can read bits
+    if (iter % 11 == 0) p.channels = p.group * 32 * uni(1, 2);  // groups of whole words
     p.filters = p.group * uni(1, iter % 7 == 0 ? 70 : 24);
     p.kernel_h = std::vector<int>{1, 3, 5}[uni(0, 2)];
     p.kernel_w = uni(0, 3) ? p.kernel_h : std::vector<int>{1, 3, 5}[uni(0, 2)];
@@ -184,6 +366,13 @@ int main() {
       p.pad_top = uni(0, 7); p.pad_left = uni(0, 7); p.pad_bottom = uni(0, 7); p.pad_right = uni(0, 7);
     }
     p.relu = uni(0, 1);
+    p.shuffle_output = p.group > 1 && uni(0, 1);  // the output's channel shuffle (bit ops)
+    if (iter % 10 == 3 && !pointwise) {  // 16 channels a group, shuffled: nin_gc_xnornet's L3 and L6
+      p.group = uni(0, 1) ? 16 : 32;
+      p.channels = p.group * 16;
+      p.filters = p.group * 2 * uni(1, 2);
+      p.shuffle_output = true;
+    }
     int n = uni(1, 3), h = uni(1, 13), w = uni(1, 13);
     if (pointwise) {
       p.channels = p.group * (iter % 4 == 0 ? 32 * uni(1, 3) : uni(1, iter % 3 == 0 ? 150 : 70));
@@ -222,10 +411,17 @@ int main() {
       }
       return masked.data();
     }(), thr.data(), scale.data(), bias.data(), want.data());
+    if (p.shuffle_output) {  // the reference writes W's order: filter m goes to channel output_channel(m)
+      const std::vector<float> grouped = want;
+      const int64_t plane_out = p.out_h(h) * p.out_w(w);
+      for (int b = 0; b < n; ++b)
+        for (int m = 0; m < p.filters; ++m)
+          std::memcpy(&want[(int64_t(b) * p.filters + p.output_channel(m)) * plane_out],
+                      &grouped[(int64_t(b) * p.filters + m) * plane_out], size_t(plane_out) * sizeof(float));
+    }
     // Bit tensors (packed-bits form), computed here from the contract's definition.
     const int64_t plane = int64_t(h) * w, out_plane = p.out_h(h) * p.out_w(w);
     const int in_words = num_words(p.channels), out_words = num_words(p.filters);
-    const bool bits_in_ok = p.group == 1 || p.channels_per_group() % 32 == 0;
     std::vector<uint32_t> x_bits(size_t(n) * in_words * plane, 0u), want_bits(size_t(n) * out_words * out_plane, 0u);
     for (int b = 0; b < n; ++b)
       for (int c = 0; c < p.channels; ++c)
@@ -256,7 +452,6 @@ int main() {
     for (PopcountPath path : paths) {
       // Bit input -> float, float -> bits, bits -> bits.
       for (int variant = 0; variant < 3; ++variant) {
-        if (variant != 1 && !bits_in_ok) continue;
         const int threads = 1 + (iter + variant) % 2;
         BConv2D conv(p, path);
         const PackedFilters f = conv.pack_filters(wts.data());
@@ -276,9 +471,9 @@ int main() {
         const bool ok = variant == 0 ? std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0
                                      : got_bits == want_bits;
         if (!ok) {
-          std::printf("MISMATCH (bits variant %d) path=%s C=%d M=%d g=%d k=%dx%d s=%dx%d pads=%d,%d,%d,%d n=%d %dx%d\n",
-                      variant, path_name(path), p.channels, p.filters, p.group, p.kernel_h, p.kernel_w, p.stride_h,
-                      p.stride_w, p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, n, h, w);
+          std::printf("MISMATCH (bits variant %d) path=%s C=%d M=%d g=%d shuffle=%d k=%dx%d s=%dx%d pads=%d,%d,%d,%d n=%d %dx%d\n",
+                      variant, path_name(path), p.channels, p.filters, p.group, int(p.shuffle_output), p.kernel_h,
+                      p.kernel_w, p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, n, h, w);
           if (++failures > 10) return 1;
         }
       }
@@ -460,6 +655,7 @@ int main() {
     }
   }
   failures += hardening_checks(cases);
+  failures += conv_integer_binarize_checks(rng, cases);
   std::printf("%d cases, %d failures; paths:", cases, failures);
   for (auto p : paths) std::printf(" %s", path_name(p));
   std::printf("\n");
