@@ -425,6 +425,12 @@ def test_check_plugin_ops():
     proto.graph.node[3].op_type = "ConvIntegerBinarize"
     with pytest.raises(XnorpipeError, match="no TensorRT plugin for xnorpipe::ConvIntegerBinarize"):
         check_plugin_ops(proto, "m.onnx", "triton")
+    # a folded channel shuffle is refused before TensorRT is imported
+    proto = build_onnx(every_op_ir(), "packed-bits")
+    next(n for n in proto.graph.node if n.op_type.startswith("XnorConv2dBits")).attribute.append(
+        onnx.helper.make_attribute("shuffle_output", 1))
+    with pytest.raises(XnorpipeError, match="shuffle_output=1 .*export --form packed"):
+        check_plugin_ops(proto, "m.onnx", "triton")
 
 
 def test_prepare_onnx_refuses_foreign_attributes():
@@ -441,7 +447,7 @@ def test_prepare_onnx_refuses_foreign_attributes():
     proto = build_onnx(every_op_ir(), "packed-bits")
     node = next(n for n in proto.graph.node if n.op_type.startswith("XnorConv2dBits"))
     node.attribute.append(onnx.helper.make_attribute("shuffle_output", 1))
-    with pytest.raises(XnorpipeError, match="shuffle_output that its TensorRT plugin does not take"):
+    with pytest.raises(XnorpipeError, match="shuffle_output=1 .*plugins do not take"):
         prepare_onnx(proto)
 
 

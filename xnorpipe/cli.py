@@ -16,7 +16,7 @@ COMMANDS = {
     "train": ("xnorpipe.commands.train:train", "Train an arch on CIFAR-10 with the seed's recipe."),
     "eval": ("xnorpipe.commands.evaluate:evaluate", "Test top-1 and loss of a checkpoint."),
     "info": ("xnorpipe.commands.info:info", "Params, MACs (seed's count and binary), sizes."),
-    "export": ("xnorpipe.commands.export:export", "Fold a checkpoint and write portable/packed ONNX."),
+    "export": ("xnorpipe.commands.export:export", "Fold a checkpoint (or a random init) and write its ONNX forms."),
     "bench": ("xnorpipe.commands.bench:bench", "Latency, throughput, accuracy and parity per engine."),
     "build-engine": ("xnorpipe.commands.build_engine:build_engine",
                      "Build a TensorRT engine from an exported ONNX file."),

@@ -85,6 +85,13 @@ def check_plugin_ops(model, path: str | os.PathLike, gpu_kernels: str = "triton"
     unknown = [op for op in ops if op not in PLUGIN_ATTRS and op not in SPLIT_OPS]
     if unknown:
         raise XnorpipeError(f"{path}: no TensorRT plugin for {', '.join('xnorpipe::' + op for op in unknown)}")
+    shuffled = [n.name or n.output[0] for n in model.graph.node if n.domain == DOMAIN
+                and any(a.name == "shuffle_output" and a.i for a in n.attribute)]
+    if shuffled:
+        # the Triton kernel ORs shuffled bits into a zeroed output, which an AOT launch does not zero
+        raise XnorpipeError(f"{path}: {shuffled[0]} has shuffle_output=1 (a channel shuffle folded into the layer), "
+                            "which the TensorRT plugins do not take yet; build this arch's engine from its packed "
+                            "form (export --form packed)")
     if gpu_kernels == "cuda":
         others = [op for op in ops if op != "XnorConv2d"]
         if others:
