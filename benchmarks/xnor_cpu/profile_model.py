@@ -5,7 +5,7 @@ by xnorpipe_bench_cpu (build/*/core/, `make native`): FP32 FMA/s for the float c
 xor-popcount loop's binary MAC/s for the binary ones (one bit = one binary MAC).
 
     PYTHONPATH=. python benchmarks/xnor_cpu/profile_model.py [--arch nin_xnornet] [--form packed-bits]
-        [--batch 1] [--threads 1]
+        [--batch 1] [--threads 1] [--first-layer int8]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def ceilings() -> dict[str, float]:
             result["binary"] = float(value.group(1))
         elif "fp32 FMA/s" in line:
             result["float"] = float(value.group(1))
+        elif "int8" not in result and "vpdpbusd" in line:
+            result["int8"] = float(value.group(1))
     return result
 
 
@@ -71,12 +73,24 @@ def main() -> int:
     p.add_argument("--form", default="packed-bits", choices=["portable", "packed", "packed-bits"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--first-layer", choices=["float", "int8"], default="float",
+                   help="int8: the packed-bits model with the integer first layer (uint8 NHWC input; "
+                   "calibrated on synthetic images)")
     args = p.parse_args()
+    if args.first_layer == "int8" and args.form != "packed-bits":
+        p.error("--first-layer int8 needs --form packed-bits")
     peak = ceilings()
     model, _ = load_source_model(args.arch, None, random_init=True)
     deploy = fold_model(model, arch=args.arch)
-    proto = onnx_export.build_onnx(deploy, args.form)
+    integer = None
+    if args.first_layer == "int8":
+        from xnorpipe.deploy.first_layer import calibrated_first_layer
+
+        integer = calibrated_first_layer(deploy)
+    proto = onnx_export.build_onnx(deploy, args.form, first_layer=integer)
     macs = conv_macs(deploy, args.batch)
+    if integer is not None:  # conv0 is ConvIntegerBinarize: int8 multiply-adds
+        macs[0] = ("int8", macs[0][1])
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
     so.enable_profiling = True
@@ -86,8 +100,11 @@ def main() -> int:
         so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
     s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+    if integer is not None:
+        x = np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
+    name = s.get_inputs()[0].name
     for _ in range(300 if args.batch == 1 else 10):
-        s.run(None, {"input": x})
+        s.run(None, {name: x})
     path = s.end_profiling()
     with open(path) as f:
         events = json.load(f)

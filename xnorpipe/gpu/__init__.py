@@ -3,5 +3,6 @@ device queries without heavy dependencies, and TensorRT engine building. The Tri
 every xnorpipe op: `triton_kernels` (wrappers, tile table; kernels in `triton_jit`),
 `triton_aot` (PTX/cubin per GPU target for TensorRT), `kernel_cases` (their exactness cases).
 
-Nothing here imports torch, CuPy or TensorRT at module import time.
+Importing this package imports neither torch, CuPy nor TensorRT; `onnx_runner` and
+`triton_kernels` import torch, `triton_jit` Triton, TensorRT is imported only inside calls.
 """

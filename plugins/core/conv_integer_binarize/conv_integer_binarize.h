@@ -42,7 +42,9 @@ using bconv2d::BConv2DParams;
 //                u8 * s8 products summed in pairs fit int16 x int16 -> int32 without
 //                saturation, unlike vpmaddubsw (255 * 127 * 2 > 32767);
 //   kPortable:   plain int32 loops.
-// The fine sums (rare) are plain int64 loops in every family.
+// The fine sums (rare) are int64 dot products over chunks of the window (kFineChunk): in the SIMD
+// families one chunk is 8 elements widened to int64 lanes times 8 weights sign-extended, by
+// vpmuldq (exact: |x * w| <= 2^15 * 2^31); the portable family loops.
 enum class IntIsa { kPortable, kAvx2, kAvxVnni, kAvx512Vnni };
 const char* isa_name(IntIsa isa);
 bool cpu_supports(IntIsa isa);
@@ -97,8 +99,19 @@ struct IntThresholds {
   // decides (pad filters: both INT32_MAX, bit 0).
   std::vector<int32_t> lower, upper;
   std::vector<int64_t> fine;                  // same layout: R_fine >= fine -> 1
-  std::vector<int32_t> fine_weight;           // [M][C*kH*kW], (c, i, j) order
+  // The fine weights in the window's layout (see kFineChunk): [M][fine_chunks][kFineChunk].
+  // Chunk k covers elements [fine_col[k], fine_col[k] + kFineChunk) of window row fine_row[k]
+  // (0..kH-1); weights of elements that are no tap (past a kernel row, between dilated taps) are 0.
+  std::vector<int32_t> fine_weight;
+  std::vector<int32_t> fine_row, fine_col;    // [fine_chunks]
+  int fine_chunks = 0;
 };
+
+// The fine sum reads a pixel's window in chunks of kFineChunk consecutive row elements: per
+// kernel row one run of kW * C elements when undilated (dilated: the run from the first tap to
+// the last, gaps included, or each tap's C channels alone, whichever takes fewer chunks). A chunk
+// may read up to kFineChunk - 1 elements past a window row; the row buffer's slack covers them.
+constexpr int kFineChunk = 8;
 
 class ConvIntegerBinarize {
  public:
@@ -123,6 +136,13 @@ class ConvIntegerBinarize {
   IntIsa isa_;
 };
 
+// The filters of one pixel whose int8 sum is within the margin (bit k: filter first_filter + k).
+struct UnsureFilters {
+  int32_t pixel;
+  int32_t first_filter;
+  uint64_t mask;
+};
+
 // One output row of one work item (SIMD kernels), every filter block and pixel.
 struct RowArgs {
   const void* rows;            // the item's padded rows: uint8 (VNNI) or int16 (AVX2) elements
@@ -139,10 +159,12 @@ struct RowArgs {
   const int64_t* row_fine;
   const int32_t* col_class;    // [out_w]
   int64_t class_stride;        // blocks * block_filters
-  // The fine sum of filter m at a pixel: sum_k fine_weight[m * taps + k] * window[tap_off[k]].
+  // The fine sum of filter m at a pixel: fine_sum(window, fine_weight + m * fine_chunks *
+  // kFineChunk, fine_off, fine_chunks).
   const int32_t* fine_weight;
-  const int64_t* tap_off;      // [taps] element offset of each (c, i, j) from the window origin
-  int taps;                    // C * kH * kW
+  const int32_t* fine_off;     // [fine_chunks] element offset of each chunk from the window origin
+  int fine_chunks;
+  UnsureFilters* unsure;       // scratch: room for out_w * blocks + 1
   uint32_t* out;               // output row oh of this image's word plane 0
   int64_t out_plane;
   int words;                   // ceil(M / 32)
@@ -152,11 +174,14 @@ void row_avx512_vnni(const RowArgs& a);
 void row_avx_vnni(const RowArgs& a);
 void row_avx2(const RowArgs& a);
 
-// The fine sum at one pixel window: sum_k weight[k] * window[tap_off[k]] (int64, exact).
+// The fine sum at one pixel window (portable): sum over chunks k and elements e of
+// weight[k * kFineChunk + e] * window[chunk_off[k] + e], in int64: exact, as every product is
+// below 2^47 in magnitude and at most kMaxIntegerTaps of them are not 0.
 template <typename E>
-inline int64_t fine_sum(const E* window, const int32_t* weight, const int64_t* tap_off, int taps) {
+inline int64_t fine_sum(const E* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
   int64_t s = 0;
-  for (int k = 0; k < taps; ++k) s += int64_t(weight[k]) * window[tap_off[k]];
+  for (int k = 0; k < chunks; ++k, weight += kFineChunk)
+    for (int e = 0; e < kFineChunk; ++e) s += int64_t(weight[e]) * window[chunk_off[k] + e];
   return s;
 }
 

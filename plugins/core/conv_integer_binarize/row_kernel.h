@@ -2,18 +2,24 @@
 // each ISA's own translation unit. V gives: Reg, kLanes (int32 lanes), kGroup (input elements per
 // lane and step), Elem (row buffer element), WElem (weight element), zero(), load_w(),
 // broadcast() (kGroup elements of one pixel to every lane), dot(acc, x, w) (acc += the lane's
-// kGroup products, exact), load_t(), ge_mask(acc, t) (bit per lane: acc >= t).
+// kGroup products, exact), load_t(), ge_mask(acc, t) (bit per lane: acc >= t), fine_sum() (as
+// conv_integer_binarize.h's portable one, vectorised).
 // A register block is F vectors of filters (F * kLanes filters, whole output words) x P pixels.
 #pragma once
 
 #include <cstring>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "core/conv_integer_binarize/conv_integer_binarize.h"
 
 namespace xnorpipe::conv_integer_binarize {
 
+// Writes the bits of filter block b at pixels [ow, ow + P) and appends the pixels with filters
+// of the block within the margin at unsure_end (refine_row sets their bits).
 template <typename V, int F, int P>
-inline void int_block(const RowArgs& a, int b, int ow) {
+inline void int_block(const RowArgs& a, int b, int ow, UnsureFilters*& unsure_end) {
   using E = typename V::Elem;
   using WE = typename V::WElem;
   constexpr int kBlock = F * V::kLanes;
@@ -42,13 +48,9 @@ inline void int_block(const RowArgs& a, int b, int ow) {
       bits |= one << (f * V::kLanes);
       unsure |= (maybe & ~one) << (f * V::kLanes);
     }
-    // Within the margin (rare): the fine sum decides.
-    for (; unsure; unsure &= unsure - 1) {
-      const int lane = __builtin_ctzll(unsure), m = b * kBlock + lane;
-      const int32_t* weight = a.fine_weight + int64_t(m) * a.taps;
-      if (fine_sum(x0 + int64_t(p) * a.pixel_step, weight, a.tap_off, a.taps) >= a.row_fine[at + lane])
-        bits |= uint64_t(1) << lane;
-    }
+    // Within the margin (rare): noted without a branch, the fine sums come after the row.
+    *unsure_end = {ow + p, b * kBlock, unsure};
+    unsure_end += unsure != 0;
     for (int q = 0; q < kBlock / 32; ++q) {
       const int word = b * (kBlock / 32) + q;
       if (word < a.words) a.out[word * a.out_plane + ow + p] = uint32_t(bits >> (32 * q));
@@ -58,10 +60,31 @@ inline void int_block(const RowArgs& a, int b, int ow) {
 
 // The remainder of a row (r < P pixels) as one r-pixel block.
 template <typename V, int F, int R>
-inline void int_tail(const RowArgs& a, int b, int ow, int r) {
+inline void int_tail(const RowArgs& a, int b, int ow, int r, UnsureFilters*& unsure_end) {
   if constexpr (R > 0) {
-    if (r == R) return int_block<V, F, R>(a, b, ow);
-    int_tail<V, F, R - 1>(a, b, ow, r);
+    if (r == R) return int_block<V, F, R>(a, b, ow, unsure_end);
+    int_tail<V, F, R - 1>(a, b, ow, r, unsure_end);
+  }
+}
+
+// The fine sums of a row's filters within the margin, each setting its output bit. Kept out of
+// the block loop (a few per 1000 outputs, at unforeseeable pixels: each cost mispredicted
+// branches there) and not inlined (in the row kernel's body GCC starves this loop of registers).
+template <typename V>
+__attribute__((noinline)) void refine_row(const RowArgs& a, const UnsureFilters* u, const UnsureFilters* end) {
+  using E = typename V::Elem;
+  const E* x0 = static_cast<const E*>(a.rows) + a.origin;
+  const int64_t fine_stride = int64_t(a.fine_chunks) * kFineChunk;
+  for (; u < end; ++u) {
+    const E* window = x0 + int64_t(u->pixel) * a.pixel_step;
+    const int64_t at = a.col_class[u->pixel] * a.class_stride;
+    for (uint64_t mask = u->mask; mask; mask &= mask - 1) {
+      // a filter < M: pad filters' bounds (INT32_MAX) make them 0, never unsure
+      const unsigned m = unsigned(u->first_filter + __builtin_ctzll(mask));
+      // without a branch on the sum: the next sums start before this one is known
+      const int64_t fine = V::fine_sum(window, a.fine_weight + m * fine_stride, a.fine_off, a.fine_chunks);
+      a.out[(m / 32) * a.out_plane + u->pixel] |= uint32_t(fine >= a.row_fine[at + m]) << (m % 32);
+    }
   }
 }
 
@@ -75,16 +98,18 @@ inline void int_row(const RowArgs& a) {
     --full;
     rest += P;
   }
+  UnsureFilters* unsure_end = a.unsure;
   for (int b = 0; b < a.blocks; ++b) {
     int ow = 0;
-    for (int i = 0; i < full; ++i, ow += P) int_block<V, F, P>(a, b, ow);
+    for (int i = 0; i < full; ++i, ow += P) int_block<V, F, P>(a, b, ow, unsure_end);
     if (rest >= P) {  // two blocks, each < P
-      int_tail<V, F, P - 1>(a, b, ow, rest / 2);
-      int_tail<V, F, P - 1>(a, b, ow + rest / 2, rest - rest / 2);
+      int_tail<V, F, P - 1>(a, b, ow, rest / 2, unsure_end);
+      int_tail<V, F, P - 1>(a, b, ow + rest / 2, rest - rest / 2, unsure_end);
     } else if (rest > 0) {
-      int_tail<V, F, P - 1>(a, b, ow, rest);
+      int_tail<V, F, P - 1>(a, b, ow, rest, unsure_end);
     }
   }
+  refine_row<V>(a, a.unsure, unsure_end);
 }
 
 // kGroup consecutive elements (4 bytes) of one pixel as a 32-bit lane value.
@@ -94,5 +119,31 @@ inline int32_t load_group(const E* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+
+#if defined(__AVX2__)
+// The fine sum in ymm int64 lanes (AVX2 and AVX-VNNI kernels): 4 window elements widened to
+// int64 times 4 weights sign-extended, by vpmuldq, which multiplies the lanes' low 32 bits as
+// signed int32: x * w exactly (x holds 0..255, or any int16 value). A chunk is two of these.
+inline __m256i widen4(const uint8_t* p) { return _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(load_group(p))); }
+inline __m256i widen4(const int16_t* p) {
+  return _mm256_cvtepi16_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256i weights4(const int32_t* w) {
+  return _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+}
+template <typename E>
+inline int64_t fine_sum_ymm(const E* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
+  static_assert(kFineChunk == 8, "a chunk is two ymm of int64 lanes");
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+  for (int k = 0; k < chunks; ++k, weight += kFineChunk) {
+    const E* x = window + chunk_off[k];
+    s0 = _mm256_add_epi64(s0, _mm256_mul_epi32(widen4(x), weights4(weight)));
+    s1 = _mm256_add_epi64(s1, _mm256_mul_epi32(widen4(x + 4), weights4(weight + 4)));
+  }
+  const __m256i s = _mm256_add_epi64(s0, s1);
+  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
+}
+#endif
 
 }  // namespace xnorpipe::conv_integer_binarize

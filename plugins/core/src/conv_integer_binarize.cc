@@ -15,9 +15,9 @@ namespace xnorpipe::conv_integer_binarize {
 
 namespace {
 constexpr const char* kOp = "ConvIntegerBinarize";
-// Elements past the end of each padded row: a group starting in a window row's last element
-// reads up to 3 more (zeros here, times zero weights).
-constexpr int64_t kRowSlack = 4;
+// Elements past the end of each padded row (zeros here, times zero weights): a group starting in
+// a window row's last element reads up to 3 more, a fine sum chunk up to kFineChunk - 1.
+constexpr int64_t kRowSlack = kFineChunk;
 }  // namespace
 
 const char* isa_name(IntIsa isa) {
@@ -184,6 +184,40 @@ std::vector<int32_t> axis_classes(int out, int stride, int pad, int extent, int 
 }  // namespace
 
 namespace {
+// The fine sum's chunks (IntThresholds::fine_row, fine_col) and, for each chunk element, the
+// index of its tap in a filter's (c, i, j) fine weights, or -1 (weight 0).
+struct FineLayout {
+  std::vector<int32_t> row, col, tap;
+};
+FineLayout fine_layout(const BConv2DParams& p) {
+  const int c_in = p.channels, kh = p.kernel_h, kw = p.kernel_w;
+  const int64_t d = p.dilation_w;
+  auto chunks_of = [](int64_t len) { return (len + kFineChunk - 1) / kFineChunk; };
+  // A kernel row as one run from its first tap to its last (undilated: kW * C elements), or,
+  // where that takes more chunks (wide dilation gaps), each tap's C channels as a run of its own.
+  const int64_t span = int64_t(kw - 1) * d * c_in + c_in;
+  const bool one_run = chunks_of(span) <= kw * chunks_of(c_in);
+  FineLayout f;
+  auto add_run = [&](int i, int64_t col0, int64_t len) {
+    for (int64_t q = 0; q < chunks_of(len); ++q) {
+      f.row.push_back(i);
+      f.col.push_back(int32_t(col0 + q * kFineChunk));  // < span: the window row's width
+      for (int64_t el = col0 + q * kFineChunk; el < col0 + (q + 1) * kFineChunk; ++el) {
+        // element el of the window row: channel el % C of the pixel el / C, tap j if a multiple of d
+        const int64_t pixel = el / c_in;
+        const bool is_tap = el < col0 + len && pixel % d == 0;
+        f.tap.push_back(is_tap ? int32_t((int64_t(el % c_in) * kh + i) * kw + pixel / d) : -1);
+      }
+    }
+  };
+  for (int i = 0; i < kh; ++i) {
+    if (one_run) add_run(i, 0, span);
+    else
+      for (int j = 0; j < kw; ++j) add_run(i, int64_t(j) * d * c_in, c_in);
+  }
+  return f;
+}
+
 int32_t clamp32(int64_t v) {
   return int32_t(std::clamp<int64_t>(v, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
 }
@@ -244,11 +278,19 @@ IntThresholds ConvIntegerBinarize::thresholds(const PackedIntWeights& w, int in_
   t.n_cols = int64_t(col_ranges.size());
   const int64_t table = bconv2d::sat_mul(n_rows, t.n_cols, t.padded_m);
   bconv2d::check_elements(kOp, "the bounds of the padding classes", table);
-  bconv2d::check_elements(kOp, "the fine weights", bconv2d::sat_mul(m_all, all_taps));
+  FineLayout layout = fine_layout(p);  // at most 8 * C * kH * kW slots: the taps (checked) bound it
+  const int64_t slots = int64_t(layout.tap.size());
+  bconv2d::check_elements(kOp, "the fine weights", bconv2d::sat_mul(m_all, slots));
   t.lower.assign(size_t(table), std::numeric_limits<int32_t>::max());
   t.upper.assign(size_t(table), std::numeric_limits<int32_t>::max());
   t.fine.assign(size_t(table), std::numeric_limits<int64_t>::max());
-  t.fine_weight.assign(in.fine_weight, in.fine_weight + size_t(m_all) * all_taps);
+  t.fine_chunks = int(layout.row.size());
+  t.fine_row = std::move(layout.row);
+  t.fine_col = std::move(layout.col);
+  t.fine_weight.assign(size_t(m_all * slots), 0);
+  for (int m = 0; m < m_all; ++m)
+    for (int64_t k = 0; k < slots; ++k)
+      if (layout.tap[k] >= 0) t.fine_weight[size_t(m * slots + k)] = in.fine_weight[size_t(m * all_taps + layout.tap[k])];
   TapSums<int64_t> coarse_pad(kh, kw), fine_pad(kh, kw);
   std::vector<int64_t> pv(static_cast<size_t>(taps));
   for (int m = 0; m < m_all; ++m) {
@@ -301,13 +343,11 @@ void ConvIntegerBinarize::run(const uint8_t* x, int n_batch, const PackedIntWeig
   bconv2d::check_elements(kOp, "the padded input rows of one work item", bconv2d::sat_mul(max_rows_h, row_stride));
   const uint8_t* x_zero_point = t.zero_point.data();
   const int64_t padded_m = t.padded_m;
-  // Each tap's (c, i, j) element offset from a pixel's window origin (the fine sums).
-  std::vector<int64_t> tap_off(size_t(c_in) * taps);
-  for (int c = 0; c < c_in; ++c)
-    for (int i = 0; i < p.kernel_h; ++i)
-      for (int j = 0; j < p.kernel_w; ++j)
-        tap_off[(size_t(c) * p.kernel_h + i) * p.kernel_w + j] =
-            int64_t(i) * p.dilation_h * row_stride + int64_t(j) * p.dilation_w * c_in + c;
+  // Each fine sum chunk's element offset from a pixel's window origin (< the item's buffer size).
+  std::vector<int32_t> fine_off(size_t(t.fine_chunks));
+  for (int k = 0; k < t.fine_chunks; ++k)
+    fine_off[k] = int32_t(int64_t(t.fine_row[k]) * p.dilation_h * row_stride + t.fine_col[k]);
+  const int64_t fine_stride = int64_t(t.fine_chunks) * kFineChunk;  // a filter's fine weights
   // Each group's offset from a pixel's window origin (< the item's buffer size: int32).
   std::vector<int32_t> group_off(size_t(w.kgroups));
   for (int g = 0; g < w.kgroups; ++g)
@@ -347,8 +387,11 @@ void ConvIntegerBinarize::run(const uint8_t* x, int n_batch, const PackedIntWeig
       a.col_class = t.col_class.data();
       a.class_stride = padded_m;
       a.fine_weight = t.fine_weight.data();
-      a.tap_off = tap_off.data();
-      a.taps = int(tap_off.size());
+      a.fine_off = fine_off.data();
+      a.fine_chunks = t.fine_chunks;
+      thread_local std::vector<UnsureFilters> unsure;
+      unsure.resize(size_t(out_w) * w.blocks + 1);  // blocks <= words: below the output's size
+      a.unsure = unsure.data();
       a.out_plane = out_plane;
       a.words = words;
       a.out_w = out_w;
@@ -382,8 +425,8 @@ void ConvIntegerBinarize::run(const uint8_t* x, int n_batch, const PackedIntWeig
                          win[int64_t(i) * p.dilation_h * row_stride + int64_t(j) * p.dilation_w * c_in + c];
             const bool bit = acc >= t.upper[at + m] ||
                              (acc >= t.lower[at + m] &&
-                              fine_sum(win, t.fine_weight.data() + size_t(m) * tap_off.size(), tap_off.data(),
-                                       int(tap_off.size())) >= t.fine[at + m]);
+                              fine_sum(win, t.fine_weight.data() + m * fine_stride, fine_off.data(), t.fine_chunks) >=
+                                  t.fine[at + m]);
             if (bit) word |= 1u << (m % 32);
           }
           out[q * out_plane + int64_t(oh) * out_w + ow] = word;

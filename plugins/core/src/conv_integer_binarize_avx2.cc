@@ -21,6 +21,9 @@ struct YmmMadd {
   static uint32_t ge_mask(Reg acc, Reg t) {
     return ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, acc)))) & 0xffu;
   }
+  static int64_t fine_sum(const int16_t* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
+    return fine_sum_ymm(window, weight, chunk_off, chunks);
+  }
 };
 }  // namespace
 

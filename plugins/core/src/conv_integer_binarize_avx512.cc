@@ -23,6 +23,18 @@ struct ZmmVnni {
   }
   static Reg load_t(const int32_t* p) { return _mm512_loadu_si512(p); }
   static uint32_t ge_mask(Reg acc, Reg t) { return _mm512_cmpge_epi32_mask(acc, t); }
+  // A chunk of 8 window elements widened to int64 lanes times 8 weights sign-extended; vpmuldq
+  // multiplies the lanes' low 32 bits as signed int32: x * w exactly.
+  static int64_t fine_sum(const uint8_t* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
+    static_assert(kFineChunk == 8, "a chunk is one zmm of int64 lanes");
+    __m512i s = _mm512_setzero_si512();
+    for (int k = 0; k < chunks; ++k, weight += kFineChunk) {
+      const __m512i x = _mm512_cvtepu8_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(window + chunk_off[k])));
+      const __m512i w = _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(weight)));
+      s = _mm512_add_epi64(s, _mm512_mul_epi32(x, w));
+    }
+    return _mm512_reduce_add_epi64(s);
+  }
 };
 }  // namespace
 

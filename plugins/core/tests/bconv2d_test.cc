@@ -189,7 +189,8 @@ int hardening_checks(int& cases) {
 // and the margin rule, bit-exact; shapes, strides, dilations and pads at random (pads past the
 // kernel: taps all padded), and the extremes: all-255 images, weights at -128 and +127 (fine:
 // +-2^31), zero points 0 and 255, pad values at +-2^15, thresholds at a sum's exact value and
-// at the integer extremes, margins -1, 0, small and INT32_MAX (the fine sum decides everything).
+// at the integer extremes, margins -1, 0, small and INT32_MAX (the fine sum decides everything),
+// fine weights at and next to the int32 extremes on random images.
 int conv_integer_binarize_checks(std::mt19937& rng, int& cases) {
   namespace cib = xnorpipe::conv_integer_binarize;
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
@@ -208,6 +209,10 @@ int conv_integer_binarize_checks(std::mt19937& rng, int& cases) {
     p.kernel_w = uni(0, 3) ? p.kernel_h : std::vector<int>{1, 2, 3, 5}[uni(0, 3)];
     p.stride_h = uni(1, 2); p.stride_w = uni(1, 3);
     p.dilation_h = uni(0, 3) ? 1 : 2; p.dilation_w = uni(0, 3) ? 1 : 2;
+    if (iter % 20 == 13) {  // C >= 20, dilated columns: each tap's channels are a fine-sum run of their own
+      p.dilation_w = 2;
+      p.kernel_w = 3;
+    }
     p.pad_top = uni(0, 3); p.pad_left = uni(0, 3); p.pad_bottom = uni(0, 3); p.pad_right = uni(0, 3);
     if (iter % 9 == 5) {
       p.pad_top = uni(0, 7); p.pad_left = uni(0, 7); p.pad_bottom = uni(0, 7); p.pad_right = uni(0, 7);
@@ -226,8 +231,12 @@ int conv_integer_binarize_checks(std::mt19937& rng, int& cases) {
     for (auto& v : wts) v = int8_t(kind == 1 ? (uni(0, 1) ? 127 : -128) : uni(-128, 127));
     for (auto& v : z) v = uint8_t(kind == 1 ? uni(0, 1) * 255 : uni(0, 255));
     for (auto& v : pad_value) v = int16_t(kind == 1 ? (uni(0, 1) ? 32767 : -32768) : uni(-300, 300));
+    // a random image with fine weights at and near the int32 extremes (iter % 5 == 4, kind 0)
+    const int32_t fine_extremes[] = {std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::min() + 1,
+                                     std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::max() - 1, -1, 0, 1};
     for (auto& v : fine_w) v = kind == 1 ? (uni(0, 1) ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min())
-                                         : int32_t(rng()) >> uni(0, 24);
+                               : kind == 0 && iter % 5 == 4 ? fine_extremes[uni(0, 6)]
+                                                            : int32_t(rng()) >> uni(0, 24);
     for (auto& v : fine_pv) v = kind == 1 ? std::numeric_limits<int32_t>::min() : int32_t(rng()) >> uni(0, 24);
     std::vector<int64_t> acc(size_t(n) * p.filters * oh * ow, 0), fine(acc.size(), 0);
     for (int b = 0; b < n; ++b)
