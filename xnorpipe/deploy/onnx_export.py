@@ -234,6 +234,26 @@ def _pack(b: _Body, bits: str, lead: str, tail: str, out: str) -> str:
     return b.add("Squeeze", [planes, "pk_axis"], out)
 
 
+def _pad_and_pack(b: _Body, bits: str, count: str, batch_of: str, hw_of: str, out: str) -> str:
+    """int32 0/1 [N, count, H, W] -> int32 words [N, ceil(count / 32), H, W]: pad the channels to
+    whole words with clear bits, then `_pack`. `count` is [1] int64; N is read from `batch_of`'s
+    shape, H and W from `hw_of`'s."""
+    b.const("pp_c_axis", np.array([1], np.int64))
+    b.const("pp_zero", np.array([0], np.int64))
+    b.const("pp_word_bits", np.array([WORD_BITS], np.int64))
+    b.const("pp_word_bits_m1", np.array([WORD_BITS - 1], np.int64))
+    b.add("Add", [count, "pp_word_bits_m1"], "pp_count_up")
+    b.add("Div", ["pp_count_up", "pp_word_bits"], "pp_words")
+    b.add("Mul", ["pp_words", "pp_word_bits"], "pp_padded_count")
+    b.add("Sub", ["pp_padded_count", count], "pp_pad")
+    b.add("Concat", ["pp_zero", "pp_pad"], "pp_pads", axis=0)
+    b.add("Pad", [bits, "pp_pads", "", "pp_c_axis"], "pp_bits")
+    b.add("Shape", [batch_of], "pp_n", end=1)
+    b.add("Shape", [hw_of], "pp_hw", start=2)
+    b.add("Concat", ["pp_n", "pp_words"], "pp_lead", axis=0)
+    return _pack(b, "pp_bits", "pp_lead", "pp_hw", out)
+
+
 def _unpack(b: _Body, xp: str) -> str:
     """int32 words [N, words, H, W] -> float +-1 [N, 32*words, H, W] (bits past C included)."""
     b.const("up_masks", _word_masks())
@@ -300,27 +320,13 @@ def binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
     """`xnorpipe::Binarize`: bit = X >= threshold[c] (NaN: 0), channels padded to whole words."""
     b = _Body()
     b.const("axes_chw", np.array([1, 2], np.int64))
-    b.const("c_axis", np.array([1], np.int64))
-    b.const("zero_1", np.array([0], np.int64))
-    b.const("word_bits", np.array([WORD_BITS], np.int64))
-    b.const("word_bits_m1", np.array([WORD_BITS - 1], np.int64))
     b.add("Unsqueeze", ["threshold", "axes_chw"], "thr_c11")
     b.add("GreaterOrEqual", ["X", "thr_c11"], "positive")
     b.add("Cast", ["positive"], "bits", to=TensorProto.INT32)
-    # pad the channels to 32 * words with clear bits
     b.add("Shape", ["threshold"], "channels")
-    b.add("Add", ["channels", "word_bits_m1"], "channels_up")
-    b.add("Div", ["channels_up", "word_bits"], "words")
-    b.add("Mul", ["words", "word_bits"], "padded_channels")
-    b.add("Sub", ["padded_channels", "channels"], "pad_c")
-    b.add("Concat", ["zero_1", "pad_c"], "pads_c", axis=0)
-    b.add("Pad", ["bits", "pads_c", "", "c_axis"], "bits_padded")
-    b.add("Shape", ["X"], "n", end=1)
-    b.add("Shape", ["X"], "hw", start=2)
-    b.add("Concat", ["n", "words"], "lead", axis=0)
-    _pack(b, "bits_padded", "lead", "hw", "Y")
+    _pad_and_pack(b, "bits", "channels", "X", "X", "Y")
     return _function(BINARIZE, ["X", "threshold"], ["Y"], b, opset, None, None,
-                     "GreaterOrEqual, padded to whole words, weighted by 1 << k and summed")
+                     "GreaterOrEqual, padded to whole words, bit planes ORed into words")
 
 
 def xnor_conv_bits_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
@@ -459,10 +465,6 @@ def conv_integer_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionP
     b.const("at_0", np.array([0], np.int64))
     b.const("at_2", np.array([2], np.int64))
     b.const("at_4", np.array([4], np.int64))
-    b.const("c_axis", np.array([1], np.int64))
-    b.const("zero_1", np.array([0], np.int64))
-    b.const("word_bits", np.array([WORD_BITS], np.int64))
-    b.const("word_bits_m1", np.array([WORD_BITS - 1], np.int64))
     b.add("Transpose", ["X"], "x_nchw", perm=[0, 3, 1, 2])
     b.add("Unsqueeze", ["x_zero_point", "axes_chw"], "zp_c11")
     b.add("Shape", ["x_nchw"], "x_shape")
@@ -499,18 +501,8 @@ def conv_integer_binarize_function(opset: int = DEFAULT_OPSET) -> onnx.FunctionP
     b.add("And", ["not_surely_clear", "fine_set"], "set_by_fine")
     b.add("Or", ["surely_set", "set_by_fine"], "positive")
     b.add("Cast", ["positive"], "bits", to=TensorProto.INT32)
-    # pad the filters to 32 * words with clear bits, then pack (as Binarize does)
     b.add("Shape", ["threshold"], "filters")
-    b.add("Add", ["filters", "word_bits_m1"], "filters_up")
-    b.add("Div", ["filters_up", "word_bits"], "words")
-    b.add("Mul", ["words", "word_bits"], "padded_filters")
-    b.add("Sub", ["padded_filters", "filters"], "pad_m")
-    b.add("Concat", ["zero_1", "pad_m"], "pads_m", axis=0)
-    b.add("Pad", ["bits", "pads_m", "", "c_axis"], "bits_padded")
-    b.add("Shape", ["X"], "n", end=1)
-    b.add("Shape", ["acc"], "hw", start=2)
-    b.add("Concat", ["n", "words"], "lead", axis=0)
-    _pack(b, "bits_padded", "lead", "hw", "Y")
+    _pad_and_pack(b, "bits", "filters", "X", "acc", "Y")
     return _function(CONV_INTEGER_BINARIZE, list(CONV_INTEGER_BINARIZE_INPUTS), ["Y"], b, opset, ["kernel_shape"],
                      [helper.make_attribute("strides", [1, 1]), helper.make_attribute("pads", [0, 0, 0, 0]),
                       helper.make_attribute("dilations", [1, 1])],
