@@ -74,7 +74,7 @@ OrtStatusPtr AvgPoolBinarizeKernel::ComputeV2(OrtKernelContext* context) {
     const int n = in.n, c = in.c, h = in.h, w = in.w;
     const auto& xs = in.shape;
     const int64_t oh = params_.out_h(h), ow = params_.out_w(w);
-    if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
+    check_output_size(op, oh, ow, xs);
     auto out = ctx.GetOutput(0, output_dims(op, {n, bconv2d::num_words(c), oh, ow}));
     if (n == 0) return;
     pool::avg_pool_binarize(params_, in.x.GetTensorData<float>(), n, c, h, w, in.threshold.GetTensorData<float>(),
@@ -94,7 +94,7 @@ OrtStatusPtr BitMaxPoolKernel::ComputeV2(OrtKernelContext* context) {
     const int n = checked_int(op, xs[0], "batch"), words = checked_int(op, xs[1], "words");
     const int h = checked_int(op, xs[2], "height"), w = checked_int(op, xs[3], "width");
     const int64_t oh = params_.out_h(h), ow = params_.out_w(w);
-    if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
+    check_output_size(op, oh, ow, xs);
     auto out = ctx.GetOutput(0, output_dims(op, {n, words, oh, ow}));
     if (n == 0 || words == 0) return;
     pool::bit_max_pool(params_, reinterpret_cast<const uint32_t*>(x.GetTensorData<int32_t>()), n, words, h, w,
@@ -137,7 +137,7 @@ void ConvBinarizeKernel::Compute(OrtKernelContext* context) {
     if (shape[i].size() != 1 || shape[i][0] != p.filters)
       fail(op, std::string(names[i]) + " must be [" + std::to_string(p.filters) + "], got " + shape_str(shape[i]));
   const int64_t oh = p.out_h(h), ow = p.out_w(w);
-  if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
+  check_output_size(op, oh, ow, xs);
   const conv_binarize::ConvBinarize conv(p, path_);  // checks the attributes with C and M
   auto out = ctx.GetOutput(0, output_dims(op, {n, bconv2d::num_words(p.filters), oh, ow}));
   if (n == 0) return;  // an empty batch: the data pointers may be null

@@ -70,7 +70,7 @@ void ConvIntegerBinarizeKernel::Compute(OrtKernelContext* context) {
       fail(op, std::string(names[i]) + " must be " + shape_str(want[i]) + " (from X " + shape_str(xs) +
                    ", kernel_shape and W's filters), got " + shape_str(shape[i]));
   const int64_t oh = p.out_h(h), ow = p.out_w(w);
-  if (oh < 1 || ow < 1) fail(op, "output size " + std::to_string(oh) + "x" + std::to_string(ow) + " <= 0 for input " + shape_str(xs));
+  check_output_size(op, oh, ow, xs);
   const conv_integer_binarize::ConvIntegerBinarize conv(p, isa_);  // checks the attributes with C and M
   auto out = ctx.GetOutput(0, output_dims(op, {n, bconv2d::num_words(p.filters), oh, ow}));
   if (n == 0) return;  // an empty batch: the data pointers may be null

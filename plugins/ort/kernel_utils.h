@@ -113,6 +113,13 @@ inline std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
+// A window that leaves no output pixel (kernel larger than the padded input): one-line error.
+inline void check_output_size(const char* op, int64_t out_h, int64_t out_w, const std::vector<int64_t>& x_shape) {
+  if (out_h < 1 || out_w < 1)
+    fail(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " <= 0 for input " +
+                 shape_str(x_shape));
+}
+
 // Input i as a tensor of `type`, with its shape; one-line error otherwise.
 inline std::vector<int64_t> tensor_shape(const char* op, const Ort::ConstValue& v, const char* name,
                                          ONNXTensorElementDataType type) {

@@ -96,8 +96,7 @@ void XnorConv2dKernel::Compute(OrtKernelContext* context) {
       fail(op, std::string(names[i]) + " has " + std::to_string(shape[i][0]) + " entries, W has " +
                    std::to_string(p.filters) + " filters");
   const int64_t out_h = p.out_h(in_h), out_w = p.out_w(in_w);
-  if (out_h < 1 || out_w < 1)
-    fail(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " <= 0 for input " + shape_str(xs));
+  check_output_size(op, out_h, out_w, xs);
   const auto y_dims = output_dims(op, {n_batch, bits_out ? bconv2d::num_words(p.filters) : p.filters, out_h, out_w});
 
   const BConv2D conv(p, path_, op);  // checks the attributes with C and M (tap sums in int32)
