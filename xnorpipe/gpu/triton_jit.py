@@ -78,6 +78,20 @@ def _group_bit_words(img, word0, sh, q, offs, mask, Cg, HW, SPLIT_WORDS: tl.cons
 
 
 @triton.jit
+def _group_start(g, Cg, NWG, SPLIT_WORDS: tl.constexpr):
+    """(word, bit) where group g's first channel sits: bit inputs pack the groups' channels back
+    to back (a group may start inside a word); float inputs are binarized per group, NWG words
+    each."""
+    if SPLIT_WORDS:
+        word0 = (g * Cg) // 32
+        sh = g * Cg - word0 * 32
+    else:
+        word0 = g * NWG
+        sh = 0
+    return word0, sh
+
+
+@triton.jit
 def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, Cg, NWG, H, W,
                         KH, KW, DH, DW, FLOAT_IN: tl.constexpr, SPLIT_WORDS: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -93,12 +107,7 @@ def _group_xor_popcount(in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_o
     last_mask = tl.full([BLOCK_K], 0xFFFFFFFF, tl.uint32) >> (32 - (Cg - (NWG - 1) * 32)).to(tl.uint32)
     kq = tl.arange(0, BLOCK_K)
     HW = H * W
-    if SPLIT_WORDS:  # bit inputs: the group's first channel is bit sh of word word0
-        word0 = (g * Cg) // 32
-        sh = g * Cg - word0 * 32
-    else:
-        word0 = g * NWG
-        sh = 0
+    word0, sh = _group_start(g, Cg, NWG, SPLIT_WORDS)
     for tap in range(taps):
         i = tap // KW
         ih = ih0 + i * DH
@@ -192,12 +201,7 @@ def _group_dot(acc, in_img, thr_ptr, w_ptr, g, ih0, iw0, p_ok, offs_m, col_ok, C
     slots = taps * NWG
     w_rows = offs_m * slots  # W is [M, kH, kW, NWG]
     HW = H * W
-    if SPLIT_WORDS:  # bit inputs: the group's first channel is bit sh of word word0
-        word0 = (g * Cg) // 32
-        sh = g * Cg - word0 * 32
-    else:
-        word0 = g * NWG
-        sh = 0
+    word0, sh = _group_start(g, Cg, NWG, SPLIT_WORDS)
     if GROUPED:
         w_keep = tl.where(col_ok, -1, 0)[:, None]
     else:  # rows past M are computed and never stored
