@@ -121,6 +121,9 @@ inline int32_t load_group(const E* p) {
 }
 
 #if defined(__AVX2__)
+// In an unnamed namespace: each ISA's translation unit gets its own copy, compiled with its own
+// flags (an inline function shared by the AVX2 and AVX-512 units could be linked as either).
+namespace {
 // The fine sum in ymm int64 lanes (AVX2 and AVX-VNNI kernels): 4 window elements widened to
 // int64 times 4 weights sign-extended, by vpmuldq, which multiplies the lanes' low 32 bits as
 // signed int32: x * w exactly (x holds 0..255, or any int16 value). A chunk is two of these.
@@ -131,19 +134,34 @@ inline __m256i widen4(const int16_t* p) {
 inline __m256i weights4(const int32_t* w) {
   return _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
 }
+
+// What the two ymm kernels (AVX2 on int16 rows, AVX-VNNI on uint8 rows) share: everything but
+// the weight load, the broadcast and the multiply-add.
 template <typename E>
-inline int64_t fine_sum_ymm(const E* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
-  static_assert(kFineChunk == 8, "a chunk is two ymm of int64 lanes");
-  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-  for (int k = 0; k < chunks; ++k, weight += kFineChunk) {
-    const E* x = window + chunk_off[k];
-    s0 = _mm256_add_epi64(s0, _mm256_mul_epi32(widen4(x), weights4(weight)));
-    s1 = _mm256_add_epi64(s1, _mm256_mul_epi32(widen4(x + 4), weights4(weight + 4)));
+struct YmmCommon {
+  using Reg = __m256i;
+  using Elem = E;
+  static constexpr int kLanes = 8;
+  static Reg zero() { return _mm256_setzero_si256(); }
+  static Reg load_t(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  // acc >= t  <=>  !(t > acc)
+  static uint32_t ge_mask(Reg acc, Reg t) {
+    return ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, acc)))) & 0xffu;
   }
-  const __m256i s = _mm256_add_epi64(s0, s1);
-  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-  return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
-}
+  static int64_t fine_sum(const E* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
+    static_assert(kFineChunk == 8, "a chunk is two ymm of int64 lanes");
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    for (int k = 0; k < chunks; ++k, weight += kFineChunk) {
+      const E* x = window + chunk_off[k];
+      s0 = _mm256_add_epi64(s0, _mm256_mul_epi32(widen4(x), weights4(weight)));
+      s1 = _mm256_add_epi64(s1, _mm256_mul_epi32(widen4(x + 4), weights4(weight + 4)));
+    }
+    const __m256i s = _mm256_add_epi64(s0, s1);
+    const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
+  }
+};
+}  // namespace
 #endif
 
 }  // namespace xnorpipe::conv_integer_binarize

@@ -8,22 +8,12 @@
 
 namespace xnorpipe::conv_integer_binarize {
 namespace {
-struct YmmMadd {
-  using Reg = __m256i;
-  using Elem = int16_t;
+struct YmmMadd : YmmCommon<int16_t> {
   using WElem = int16_t;
-  static constexpr int kLanes = 8, kGroup = 2;
-  static Reg zero() { return _mm256_setzero_si256(); }
+  static constexpr int kGroup = 2;
   static Reg load_w(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static Reg broadcast(const int16_t* p) { return _mm256_set1_epi32(load_group(p)); }
   static Reg dot(Reg acc, Reg x, Reg w) { return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w)); }
-  static Reg load_t(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static uint32_t ge_mask(Reg acc, Reg t) {
-    return ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, acc)))) & 0xffu;
-  }
-  static int64_t fine_sum(const int16_t* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
-    return fine_sum_ymm(window, weight, chunk_off, chunks);
-  }
 };
 }  // namespace
 

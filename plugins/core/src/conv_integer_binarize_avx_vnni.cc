@@ -6,12 +6,9 @@
 
 namespace xnorpipe::conv_integer_binarize {
 namespace {
-struct YmmVnni {
-  using Reg = __m256i;
-  using Elem = uint8_t;
+struct YmmVnni : YmmCommon<uint8_t> {
   using WElem = int8_t;
-  static constexpr int kLanes = 8, kGroup = 4;
-  static Reg zero() { return _mm256_setzero_si256(); }
+  static constexpr int kGroup = 4;
   static Reg load_w(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static Reg broadcast(const uint8_t* p) { return _mm256_set1_epi32(load_group(p)); }
   // In-place, as the AVX-512 kernel's (GCC 12 copies the accumulators around the intrinsic);
@@ -19,14 +16,6 @@ struct YmmVnni {
   static Reg dot(Reg acc, Reg x, Reg w) {
     asm("%{vex%} vpdpbusd %[w], %[x], %[acc]" : [acc] "+x"(acc) : [x] "x"(x), [w] "x"(w));
     return acc;
-  }
-  static Reg load_t(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  // acc >= t  <=>  !(t > acc)
-  static uint32_t ge_mask(Reg acc, Reg t) {
-    return ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, acc)))) & 0xffu;
-  }
-  static int64_t fine_sum(const uint8_t* window, const int32_t* weight, const int32_t* chunk_off, int chunks) {
-    return fine_sum_ymm(window, weight, chunk_off, chunks);
   }
 };
 }  // namespace
