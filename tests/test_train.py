@@ -43,6 +43,18 @@ def same_tensors(a, b) -> bool:
     return a == b
 
 
+def resume_equals_straight(data, out, straight, keys) -> None:
+    """`train --resume` in `out` finishes the 3-epoch run with the same `keys` of state as the
+    uninterrupted run in `straight`."""
+    r = invoke("train", "--arch", "nin", "--data", data, "--out", out, "--resume", "-q", "--no-plot")
+    assert r.exit_code == 0, r.output
+    a = load_checkpoint(checkpoint_path("nin", straight)).state
+    b = load_checkpoint(checkpoint_path("nin", out)).state
+    assert b["epoch"] == 3
+    for key in keys:
+        assert same_tensors(a[key], b[key]), key
+
+
 def train_args(data, out, arch="nin_xnornet", epochs=2, *extra):
     return ["train", "--arch", arch, "--data", data, "--cfg", SMALL_CFG, "--epochs", epochs,
             "--batch-size", 20, "--out", out, "--deterministic", "-q", "--no-plot", *extra]
@@ -123,14 +135,7 @@ def test_interrupt_then_resume_equals_uninterrupted(train_tree, tmp_path, straig
     assert load_checkpoint(checkpoint_path("nin", split)).epoch == 1
     assert not list(split.glob(".*.tmp"))  # no half-written file
 
-    r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", split, "--resume", "-q",
-               "--no-plot")
-    assert r.exit_code == 0, r.output
-    a = load_checkpoint(checkpoint_path("nin", straight)).state
-    b = load_checkpoint(checkpoint_path("nin", split)).state
-    assert b["epoch"] == 3
-    for key in ("model", "optimizer", "scheduler", "rng", "best_acc1"):
-        assert same_tensors(a[key], b[key]), key
+    resume_equals_straight(train_tree.path, split, straight, ("model", "optimizer", "scheduler", "rng", "best_acc1"))
     log = [json.loads(x)["epoch"] for x in (split / "cifar10_nin_log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
 
@@ -309,14 +314,7 @@ def test_time_limit_stops_at_an_epoch_boundary_and_resume_finishes(train_tree, t
     assert [rec["epoch"] for rec in log] == [1]
     assert not list(out.glob(".*.tmp"))
 
-    r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", out, "--resume", "-q",
-               "--no-plot")
-    assert r.exit_code == 0, r.output
-    a = load_checkpoint(checkpoint_path("nin", straight_run)).state
-    b = load_checkpoint(checkpoint_path("nin", out)).state
-    assert b["epoch"] == 3
-    for key in ("model", "optimizer", "scheduler", "best_acc1"):
-        assert same_tensors(a[key], b[key]), key
+    resume_equals_straight(train_tree.path, out, straight_run, ("model", "optimizer", "scheduler", "best_acc1"))
 
 
 def test_time_limit_must_be_positive(train_tree, tmp_path):
