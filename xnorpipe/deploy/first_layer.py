@@ -196,6 +196,39 @@ def rounded(scaled: np.ndarray, moment: np.ndarray, levels: int = WEIGHT_LEVELS)
     return q
 
 
+def _integer_sums(conv: ir.FloatConv, image_hw: tuple[int, int], weight: np.ndarray, pad_value: np.ndarray):
+    """centred, padded images (float64 NCHW, `_calibration_chunks`) -> the op's integer sums, as
+    xnorpipe.deploy.reference.conv_integer64 defines them, exact in float64 (|sum| < 2^53). The
+    pad values' share does not depend on the image: computed once."""
+    top, left, bottom, right = conv.pads
+    h, w = image_hw
+    torch_conv = dict(stride=tuple(conv.strides), dilation=tuple(conv.dilations))
+    outside = torch.ones(1, 1, h + top + bottom, w + left + right, dtype=torch.float64)
+    outside[:, :, top:top + h, left:left + w] = 0
+    padded = F.conv2d(outside, torch.from_numpy(pad_value.astype(np.float64)).unsqueeze(1), **torch_conv)
+    kernel = torch.from_numpy(weight.astype(np.float64))
+    return lambda centred: F.conv2d(centred, kernel, **torch_conv) + padded
+
+
+def _calibration_chunks(model: ir.DeployModel, images: np.ndarray, z: np.ndarray, t: np.ndarray,
+                        progress: Callable[[int, int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per chunk of calibration images: the float layer's bits (relu(y) >= t, in float64: what
+    the integer layer should reproduce) and the images centred on the zero points and padded as
+    the op pads (float64 NCHW). Computed once for every candidate and both sums."""
+    conv = model.layers[0]
+    top, left, bottom, right = conv.pads
+    chunks = []
+    for start in range(0, len(images), _CHUNK):
+        chunk = images[start:start + _CHUNK]
+        y = float_conv2d64(normalised(chunk, model.mean, model.std), conv.weight, conv.bias, relu=conv.relu,
+                           strides=conv.strides, pads=conv.pads, dilations=conv.dilations)
+        centred = F.pad(torch.from_numpy(chunk.astype(np.float64) - z).permute(0, 3, 1, 2), (left, right, top, bottom))
+        chunks.append((torch.from_numpy(y >= t.reshape(1, -1, 1, 1)), centred))
+        if progress is not None:
+            progress(min(start + _CHUNK, len(images)), len(images))
+    return chunks
+
+
 def quantize_first_layer(model: ir.DeployModel, images: np.ndarray, calibration: str,
                          progress: Callable[[int, int], None] | None = None) -> IntegerFirstLayer:
     """The integer first layer of `model` (see the module doc), its rounding and scales chosen on
@@ -237,31 +270,14 @@ def quantize_first_layer(model: ir.DeployModel, images: np.ndarray, calibration:
         scale[k, live] = s[live]
         thr[k, live] = [integer_threshold(t[j], offset[j], s[j]) for j in np.flatnonzero(live)]
 
-    # The op's sums, as xnorpipe.deploy.reference.conv_integer64 computes them (exact in float64),
-    # with the pad values' share, which does not depend on the image, computed once per candidate.
-    attrs = dict(strides=conv.strides, pads=conv.pads, dilations=conv.dilations)
-    top, left, bottom, right = conv.pads
-    torch_conv = dict(stride=tuple(conv.strides), dilation=tuple(conv.dilations))
-    h, w_in = images.shape[1:3]
-    outside = torch.ones(1, 1, h + top + bottom, w_in + left + right, dtype=torch.float64)
-    outside[:, :, top:top + h, left:left + w_in] = 0
-    weights = [torch.from_numpy(q[k].astype(np.float64)) for k in range(n_cand)]
-    padded = [F.conv2d(outside, torch.from_numpy(pad_value[k].astype(np.float64)).unsqueeze(1), **torch_conv)
-              for k in range(n_cand)]
+    chunks = _calibration_chunks(model, images, z, t, progress)
+    sums = [_integer_sums(conv, images.shape[1:3], q[k], pad_value[k]) for k in range(n_cand)]
     flips = np.zeros((n_cand, m), np.int64)
-    total = 0
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start:start + _CHUNK]
-        y = float_conv2d64(normalised(chunk, mean, std), conv.weight, conv.bias, relu=conv.relu, **attrs)
-        want = torch.from_numpy(y >= t.reshape(1, -1, 1, 1))
-        total += want.numel()
-        centred = F.pad(torch.from_numpy(chunk.astype(np.float64) - z).permute(0, 3, 1, 2), (left, right, top, bottom))
+    for want, centred in chunks:
         for k in range(n_cand):
-            acc = F.conv2d(centred, weights[k], **torch_conv) + padded[k]
-            flips[k] += ((acc >= torch.from_numpy(thr[k].astype(np.float64)).view(1, -1, 1, 1)) != want
+            flips[k] += ((sums[k](centred) >= torch.from_numpy(thr[k].astype(np.float64)).view(1, -1, 1, 1)) != want
                          ).sum(dim=(0, 2, 3)).numpy()
-        if progress is not None:
-            progress(min(start + _CHUNK, len(images)), len(images))
+    total = sum(want.numel() for want, _ in chunks)
     best = flips.argmin(axis=0)  # the first minimum: the full-range scale on ties
     pick = np.arange(m)
     layer = IntegerFirstLayer(
@@ -273,12 +289,12 @@ def quantize_first_layer(model: ir.DeployModel, images: np.ndarray, calibration:
         pads=tuple(conv.pads), dilations=tuple(conv.dilations), calibration=calibration,
         calibration_images=len(images), flipped_bits=int(flips[best, pick].sum()),
         int8_flipped_bits=int(flips[best, pick].sum()), refined_bits=0, total_bits=int(total))
-    _add_fine(layer, model, images, w_centred, amax, offset, t, moment, conv.relu)
+    _add_fine(layer, model, chunks, images.shape[1:3], w_centred, amax, offset, t, moment)
     return layer
 
 
-def _add_fine(layer: IntegerFirstLayer, model: ir.DeployModel, images: np.ndarray, w_centred: np.ndarray,
-              amax: np.ndarray, offset: np.ndarray, t: np.ndarray, moment: np.ndarray, relu: bool) -> None:
+def _add_fine(layer: IntegerFirstLayer, model: ir.DeployModel, chunks: list, image_hw: tuple[int, int],
+              w_centred: np.ndarray, amax: np.ndarray, offset: np.ndarray, t: np.ndarray, moment: np.ndarray) -> None:
     """The fine weights, pad values and thresholds (FINE_LEVELS), the margins (MARGIN_SIGMAS of
     the int8 sum's rounding error), and the calibration images' counts of the two-level result."""
     conv = model.layers[0]
@@ -297,29 +313,13 @@ def _add_fine(layer: IntegerFirstLayer, model: ir.DeployModel, images: np.ndarra
         error = layer.weight[live].reshape(int(live.sum()), -1) - w_centred[live] / layer.scale[live, None]
         sigma = np.sqrt(np.einsum("mk,kl,ml->m", error, moment, error))
         layer.margin[live] = np.ceil(MARGIN_SIGMAS * sigma).astype(np.int32) + 1
-    # The two-level result on the calibration images: the op's sums (as reference.conv_integer64
-    # defines them) in float64, exact here (|fine| <= 2^20 * 255 * C*kH*kW < 2^53).
-    top, left, bottom, right = conv.pads
-    torch_conv = dict(stride=tuple(conv.strides), dilation=tuple(conv.dilations))
-    h, w_in = images.shape[1:3]
-    outside = torch.ones(1, 1, h + top + bottom, w_in + left + right, dtype=torch.float64)
-    outside[:, :, top:top + h, left:left + w_in] = 0
-
-    def sums(weight, pad_value):
-        padded = F.conv2d(outside, torch.from_numpy(pad_value.astype(np.float64)).unsqueeze(1), **torch_conv)
-        return lambda centred: F.conv2d(centred, torch.from_numpy(weight.astype(np.float64)), **torch_conv) + padded
-
-    coarse, fine = sums(layer.weight, layer.pad_value), sums(layer.fine_weight, layer.fine_pad_value)
+    # The two-level result on the calibration images (fine sums: |fine| <= 2^20 * 255 * C*kH*kW < 2^53)
+    coarse = _integer_sums(conv, image_hw, layer.weight, layer.pad_value)
+    fine = _integer_sums(conv, image_hw, layer.fine_weight, layer.fine_pad_value)
     threshold, margin, fine_threshold = (torch.from_numpy(np.asarray(a, np.float64)).view(1, -1, 1, 1)
                                          for a in (layer.threshold, layer.margin, layer.fine_threshold))
     flipped = refined = 0
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start:start + _CHUNK]
-        y = float_conv2d64(normalised(chunk, model.mean, model.std), conv.weight, conv.bias, relu=relu,
-                           strides=conv.strides, pads=conv.pads, dilations=conv.dilations)
-        want = torch.from_numpy(y >= t.reshape(1, -1, 1, 1))
-        centred = F.pad(torch.from_numpy(chunk.astype(np.float64) - layer.x_zero_point).permute(0, 3, 1, 2),
-                        (left, right, top, bottom))
+    for want, centred in chunks:
         above = coarse(centred) - threshold
         in_margin = (above >= -margin) & (above <= margin)
         got = (above > margin) | (in_margin & (fine(centred) >= fine_threshold))
