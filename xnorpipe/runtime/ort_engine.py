@@ -8,7 +8,7 @@ Sources: `onnx_path`, or a DeployModel (`model`), emitted in memory in the engin
 (`ort`: portable; `ort-xnor`: packed-bits, or `form="packed"`).
 
 Inputs: the normalised float NCHW batch every engine takes. A model with the integer first layer
-(`xnorpipe.first_layer` = int8 in its metadata) takes the decoded uint8 NHWC image instead: the
+(a uint8 graph input; `xnorpipe.first_layer` = int8 in its metadata) takes the decoded uint8 NHWC image instead: the
 engine turns a float batch back into it (`prepare_input`, exact: the pixels are integers), and
 passes a uint8 batch as it is.
 """
@@ -94,7 +94,8 @@ class OrtEngine(Engine):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self._ort_version = ort.__version__
-        self.uint8_input = self.metadata.get("xnorpipe.first_layer") == "int8"
+        # what the graph declares, not what the metadata says (a file's metadata may lie)
+        self.uint8_input = self.session.get_inputs()[0].type == "tensor(uint8)"
         if self.uint8_input:
             self._mean, self._std = _normalisation(self.metadata, source)
 
