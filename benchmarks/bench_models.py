@@ -64,12 +64,12 @@ class OpenVinoRunner:
     bf16 its default is bf16, which is not faithful to the model), `threads` threads, one stream,
     the batch fixed at compile time (OpenVINO's fastest setting)."""
 
-    def __init__(self, path: str, threads: int, batch: int):
+    def __init__(self, path: str, threads: int, batch: int, shape: tuple[int, int, int]):
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(path)
-        model.reshape({model.inputs[0].get_any_name(): [batch, 3, 32, 32]})
+        model.reshape({model.inputs[0].get_any_name(): [batch, *shape]})
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                           "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                                                           "PERFORMANCE_HINT": "LATENCY"})
@@ -80,25 +80,27 @@ class OpenVinoRunner:
         return self.request.infer({0: x})[self.output]
 
 
-def bench_openvino(runners: dict, path: str, threads: int, batch: int, iters: int, warmup: int) -> dict:
+def bench_openvino(runners: dict, path: str, threads: int, batch: int, iters: int, warmup: int,
+                   shape: tuple[int, int, int]) -> dict:
     """p50/p90 of OpenVINO on `path`, compiled once per (file, threads, batch), on the input
     lib.run_bench uses (seed 0)."""
     key = (path, threads, batch)
     if key not in runners:
-        runners[key] = OpenVinoRunner(path, threads, batch)
-    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        runners[key] = OpenVinoRunner(path, threads, batch, shape)
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
     r = lib.measure_latency(runners[key], x, iters=iters, warmup=warmup)
     return {"engine": "openvino", **r}
 
 
-def openvino_parity(paths: dict[str, str]) -> str:
+def openvino_parity(paths: dict[str, str], shape: tuple[int, int, int]) -> str:
     """OpenVINO FP32 vs stock ORT on the portable form, 16 random inputs: the timed runs compute
     the model (bf16, for one, would not)."""
     import onnxruntime as ort
 
-    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((16, *shape)).astype(np.float32)
     want = ort.InferenceSession(paths["portable"], providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    diffs = {form: float(np.abs(OpenVinoRunner(path, 1, len(x))(x) - want).max()) for form, path in paths.items()}
+    diffs = {form: float(np.abs(OpenVinoRunner(path, 1, len(x), shape)(x) - want).max())
+             for form, path in paths.items()}
     return "OpenVINO FP32 vs stock ORT (portable), 16 random inputs, max |logit diff|: " + ", ".join(
         f"{form} {d:.1e}" for form, d in diffs.items())
 
@@ -143,19 +145,23 @@ def main(argv=None) -> int:
             sources["packed"] = lib.prepare_sources(arch=arch, random_init=True, engines=["ort-xnor"],
                                                     xnor_form="packed")
             # the integer first layer (uint8 image in): timed on uint8 input, the run's own batch
-            sources[INT8] = lib.prepare_sources(arch=arch, random_init=True, engines=["ort-xnor"],
-                                                xnor_form="packed-bits", first_layer="int8")
+            try:
+                sources[INT8] = lib.prepare_sources(arch=arch, random_init=True, engines=["ort-xnor"],
+                                                    xnor_form="packed-bits", first_layer="int8")
+            except XnorpipeError as e:  # e.g. a first conv whose output a float op reads too
+                variants.remove(("ort-xnor", INT8))
+                notes.append(f"{arch}: no int8 first layer row: {e}")
         ov_dir = None
         if ov_version is not None:  # OpenVINO's rows, after ort-xnor's: the forms it opens
-            from xnorpipe.deploy import onnx_export
+            from xnorpipe.deploy import onnx as deploy_onnx
 
             deploy = sources["packed-bits"].deploy
-            forms = OPENVINO_FORMS if onnx_export.has_binary_layers(deploy) else ("portable",)
+            forms = OPENVINO_FORMS if deploy_onnx.has_binary_layers(deploy) else ("portable",)
             ov_dir = tempfile.TemporaryDirectory(prefix="xnorpipe-bench-ov-")
-            ov_paths = {f.form: str(f.path) for f in onnx_export.export(deploy, forms, ov_dir.name)}
+            ov_paths = {f.form: str(f.path) for f in deploy_onnx.export(deploy, forms, ov_dir.name)}
             at = max(i for i, (e, _) in enumerate(variants) if e in ("ort", "ort-xnor")) + 1
             variants[at:at] = [("openvino", form) for form in forms]
-            notes.append(f"{arch}: {openvino_parity(ov_paths)}")
+            notes.append(f"{arch}: {openvino_parity(ov_paths, tuple(deploy.input_shape))}")
         try:
             for t in threads:
                 for b in batches:
@@ -168,7 +174,8 @@ def main(argv=None) -> int:
                     for _ in range(args.rounds):
                         for engine, form in variants:
                             if engine == "openvino":
-                                r = bench_openvino(ov_runners, ov_paths[form], t, b, iters, args.warmup)
+                                r = bench_openvino(ov_runners, ov_paths[form], t, b, iters, args.warmup,
+                                                   tuple(sources["packed-bits"].deploy.input_shape))
                             else:
                                 src = sources[form or "packed-bits"]
                                 (r,) = lib.run_bench([engine], src, batch_size=b, iters=iters, warmup=args.warmup,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xnorpipe.data import MEAN, STD, BatchIterator, load_cifar10, to_tensor  # noqa: E402
-from xnorpipe.models import ARCHS, build_model  # noqa: E402
+from xnorpipe.models import ARCHS, build_model, get_model_spec  # noqa: E402
 from xnorpipe.train import make_optimizer  # noqa: E402
 
 BATCH = 100
@@ -103,7 +103,7 @@ def bench_train_step(arch, device, steps, warmup, channels_last) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(arch).to(device=device, memory_format=fmt).train()
     opt = make_optimizer(model, 0.01)
-    x = torch.randn(BATCH, 3, 32, 32, device=device).to(memory_format=fmt)
+    x = torch.randn(BATCH, *get_model_spec(arch).input_shape, device=device).to(memory_format=fmt)
     y = torch.randint(0, 10, (BATCH,), device=device)
     times = []
     for i in range(warmup + steps):

@@ -664,10 +664,9 @@ def sweep_configs(plan: Plan) -> list[dict]:
 def binary_layers(ir) -> list[tuple[str, object, tuple[int, int, int]]]:
     """(name, layer, input shape C, H, W) of the IR's binary layers: L1, L2, ..."""
     from xnorpipe.deploy import ir as IR
-    from xnorpipe.deploy.onnx_export import layer_shapes
 
-    shapes = [tuple(ir.input_shape)] + layer_shapes(ir)
-    layers = [(layer, shapes[i]) for i, layer in enumerate(ir.layers) if isinstance(layer, IR.BinaryConv)]
+    shapes = IR.tensor_shapes(ir)
+    layers = [(n.op, shapes[n.inputs[0]]) for n in ir.nodes if isinstance(n.op, IR.BinaryConv)]
     return [(f"L{n + 1}", layer, chw) for n, (layer, chw) in enumerate(layers)]
 
 
@@ -694,7 +693,6 @@ def network_specs(s: Session, ir) -> list:
     three conv ops with the table's algorithm, then with the other, Binarize and BitMaxPool on
     their inputs; then the dot sweep's configurations."""
     from xnorpipe.deploy import ir as IR
-    from xnorpipe.deploy.onnx_export import layer_shapes
     from xnorpipe.deploy.packing import num_words
     from xnorpipe.gpu import triton_kernels as tk
 
@@ -706,12 +704,13 @@ def network_specs(s: Session, ir) -> list:
             table = tk.conv_algo(layer.out_channels, layer.group)
             algo = table if first else next(a for a in tk.ALGOS if a != table)
             specs += [layer_spec(s, op, layer, chw, {"algo": algo}) for op in tk.CONV_OPS]
-    shapes = [tuple(ir.input_shape)] + layer_shapes(ir)
+    shapes = IR.tensor_shapes(ir)
     for _, _, chw in layers:
         specs.append(tk.launch_spec("Binarize", input_shape=chw, interpret=interpret))
-    for i, layer in enumerate(ir.layers):
+    for node in ir.nodes:
+        layer = node.op
         if isinstance(layer, IR.MaxPool):
-            c, h, w = shapes[i]
+            c, h, w = shapes[node.inputs[0]]
             specs.append(tk.launch_spec("BitMaxPool", input_shape=(num_words(c), h, w), interpret=interpret,
                                         kernel_shape=tuple(layer.kernel_shape), strides=tuple(layer.strides),
                                         pads=tuple(layer.pads)))

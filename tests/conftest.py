@@ -148,3 +148,31 @@ def pickle_folder(tmp_path) -> SyntheticCifar:
 def train_tree(tmp_path_factory) -> SyntheticCifar:
     """A learnable 10-class PNG tree for short training runs: 30 train / 10 test per class."""
     return write_image_tree(tmp_path_factory.mktemp("train-tree"), n_train=30, n_test=10)
+
+
+def binary_conv_inputs(layer, reads_bits: bool = False) -> dict:
+    """An IR BinaryConv's tensors as the inputs after X of a one-node model
+    (`deploy_onnx.single_node_model`): `XnorConv2d`'s W, threshold, scale and bias, or with
+    `reads_bits` `XnorConv2dBits`' W, scale and bias."""
+    tensors = {"W": layer.weight_bits, "threshold": layer.threshold, "scale": layer.scale, "bias": layer.bias}
+    if reads_bits:
+        del tensors["threshold"]
+    return tensors
+
+
+def bit_links(model, kind=None) -> dict[int, int]:
+    """A chain model's packed-bits links: node index of each producer (of `kind`, default
+    BinaryConv) whose output is bits -> index of the binary layer reading them (through a MaxPool)."""
+    from xnorpipe.deploy import ir
+    from xnorpipe.deploy import onnx as deploy_onnx
+
+    kind = kind or ir.BinaryConv
+    bits, consumers, nodes = deploy_onnx.bit_tensors(model), model.consumers(), model.nodes
+    links = {}
+    for i, n in enumerate(nodes):
+        if isinstance(n.op, kind) and n.output in bits:
+            j = consumers[n.output][0]
+            if isinstance(nodes[j].op, ir.MaxPool):
+                j = consumers[nodes[j].output][0]
+            links[i] = j
+    return links

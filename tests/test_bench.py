@@ -191,7 +191,7 @@ def test_bench_xnor_form_reaches_ort_xnor():
     """--xnor-form picks the form ort-xnor runs (and only ort-xnor); the table and JSON show it."""
     from test_cpu_kernels import _library
 
-    from xnorpipe.deploy.onnx_export import BIT_OPS, CONV_OPS
+    from xnorpipe.deploy.onnx import BIT_OPS, CONV_OPS
     from xnorpipe.runtime.ort_engine import _library_implements
 
     library = _library()  # skips where the library is not built

@@ -17,10 +17,12 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
+from conftest import binary_conv_inputs  # noqa: E402
 from conftest import require_ort_library as _library  # noqa: E402,F401  (other test files import it from here)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from xnorpipe.deploy import ir, onnx_export  # noqa: E402
+from xnorpipe.deploy import ir  # noqa: E402
+from xnorpipe.deploy import onnx as deploy_onnx  # noqa: E402
 from xnorpipe.deploy.packing import num_words, pack_weights  # noqa: E402
 from xnorpipe.deploy.reference import binarize_bits, xnor_conv2d, xnor_conv2d_bits  # noqa: E402
 
@@ -220,7 +222,10 @@ def test_bit_ops_with_shuffled_output_and_partial_word_groups(path):
             out_thr[::5] = y[0, ::5, 0, 0]  # exactly at an output value
             for out in (None, out_thr):
                 want = y if out is None else binarize_bits(y, out)
-                model = onnx_export.xnor_conv_bits_model(layer, (2, c, h, w), output_threshold=out)
+                op = deploy_onnx.CONV_BITS if out is None else deploy_onnx.CONV_BITS_BINARIZE
+                inputs = binary_conv_inputs(layer, reads_bits=True) | ({} if out is None else {"output_threshold": out})
+                attrs = deploy_onnx.layer_attrs(layer, reads_bits=True)
+                model = deploy_onnx.single_node_model(op, xp.shape, inputs, attrs)
                 del model.functions[:]  # the library or nothing
                 for threads in (1, 2):
                     got = make_session(model.SerializeToString(), path, threads).run(None, {"X": xp})[0]

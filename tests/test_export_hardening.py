@@ -16,14 +16,16 @@ import onnx.version_converter
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_outputs_depend_on_input, write_image_tree
+from conftest import assert_outputs_depend_on_input, binary_conv_inputs, write_image_tree
 from test_bench import assert_one_line_error
 from test_fold import SMALL
 
 from xnorpipe.checkpoint import save_checkpoint
-from xnorpipe.deploy import ir, onnx_export
+from xnorpipe.deploy import ir
+from xnorpipe.deploy import onnx as deploy_onnx
 from xnorpipe.deploy.fold import fold_model
 from xnorpipe.deploy.forms import FORMS, MIN_OPSET
+from xnorpipe.deploy.onnx import versions
 from xnorpipe.deploy.packing import pack_weights
 from xnorpipe.deploy.reference import xnor_conv2d
 from xnorpipe.errors import XnorpipeError
@@ -110,10 +112,11 @@ def test_fold_refuses_a_fold_that_is_not_finite():
     """A negative running_var is finite, but folds to NaN weights: refused, naming the layer."""
     model = build_model(ARCH, CFG).eval()
     model.features[0].bn.running_var[2] = -1.0
-    with pytest.raises(XnorpipeError, match=r"^layer features\.0: folded weight, bias not finite .*--allow-nonfinite"):
+    with pytest.raises(XnorpipeError, match=r"^layer features\.0\.conv: folded weight, bias not finite .*"
+                       "--allow-nonfinite"):
         fold_model(model, arch=ARCH)
     assert fold_model(model, arch=ARCH, allow_nonfinite=True).metadata["xnorpipe.nonfinite"].startswith(
-        "layer features.0: folded weight, bias")
+        "layer features.0.conv: folded weight, bias")
 
 
 def test_export_cli_refuses_nonfinite_unless_allowed(tmp_path):
@@ -128,7 +131,7 @@ def test_export_cli_refuses_nonfinite_unless_allowed(tmp_path):
     r = cli("export", "--arch", ARCH, "--checkpoint", ckpt, "-o", out, "--form", "packed", "--allow-nonfinite")
     assert r.returncode == 0, r.stderr
     assert "warning: exported non-finite values (--allow-nonfinite): features.4.bn.running_var" in r.stdout
-    meta = onnx_export.model_metadata(onnx.load(str(out / f"{ARCH}.packed.onnx")))
+    meta = deploy_onnx.model_metadata(onnx.load(str(out / f"{ARCH}.packed.onnx")))
     assert meta["xnorpipe.nonfinite"] == "features.4.bn.running_var"
 
 
@@ -136,23 +139,23 @@ def test_export_cli_refuses_nonfinite_unless_allowed(tmp_path):
 
 
 def test_opset_is_bounded_by_onnx_and_onnxruntime(deploys, tmp_path):
-    onnx_max, ort_max = onnx_export.supported_opsets()
+    onnx_max, ort_max = deploy_onnx.supported_opsets()
     assert onnx_max == onnx.defs.onnx_opset_version() and ort_max is not None
     high = min(onnx_max, ort_max)
-    assert onnx_export._ort_loads_opset(ort, high)
+    assert versions._ort_loads_opset(ort, high)
     if ort_max < onnx_max:  # ORT's own bound: it refuses the next opset that onnx knows
-        assert not onnx_export._ort_loads_opset(ort, ort_max + 1)
+        assert not versions._ort_loads_opset(ort, ort_max + 1)
     deploy = deploys[ARCH]
     x = images(3)
     for form in FORMS:
-        assert onnx_export.opset_range(form) == (MIN_OPSET[form], high)
-        m = onnx_export.build_onnx(deploy, form, opset=high)  # the highest allowed: checked and runs
-        onnx_export.check_onnx(m)
-        want = session(onnx_export.build_onnx(deploy, form)).run(None, {"input": x})[0]
+        assert deploy_onnx.opset_range(form) == (MIN_OPSET[form], high)
+        m = deploy_onnx.build_onnx(deploy, form, opset=high)  # the highest allowed: checked and runs
+        deploy_onnx.check_onnx(m)
+        want = session(deploy_onnx.build_onnx(deploy, form)).run(None, {"input": x})[0]
         np.testing.assert_allclose(session(m).run(None, {"input": x})[0], want, rtol=1e-5, atol=1e-5)
         with pytest.raises(XnorpipeError, match=rf"opset {high + 1} is beyond .* choose --opset {MIN_OPSET[form]} "
                                                 rf"to {high}$"):
-            onnx_export.build_onnx(deploy, form, opset=high + 1)
+            deploy_onnx.build_onnx(deploy, form, opset=high + 1)
     ckpt = small_checkpoint(tmp_path / "a.pth.tar", 1)
     r = cli("export", "--arch", ARCH, "--checkpoint", ckpt, "--opset", 99, "-o", tmp_path / "out")
     assert_one_line_error(r, "opset 99", f"onnx {onnx.__version__}", "onnxruntime", f"choose --opset 17 to {high}")
@@ -165,10 +168,10 @@ def test_each_form_gets_the_lowest_ir_version_it_needs(deploys):
     want = {"portable": 8, "packed": 9, "packed-bits": 9, "packed-inline": 8, "packed-bits-inline": 8}
     assert set(want) == set(FORMS)
     for form, ir_version in want.items():
-        m = onnx_export.build_onnx(deploy, form)
+        m = deploy_onnx.build_onnx(deploy, form)
         assert m.ir_version == ir_version, form
-        onnx_export.check_onnx(onnx.load_from_string(m.SerializeToString()))
-    assert onnx_export.build_onnx(deploy, "packed", opset=21).ir_version == 10  # opset 21 came with IR 10
+        deploy_onnx.check_onnx(onnx.load_from_string(m.SerializeToString()))
+    assert deploy_onnx.build_onnx(deploy, "packed", opset=21).ir_version == 10  # opset 21 came with IR 10
 
 
 def test_function_attribute_defaults_survive_at_ir9():
@@ -178,7 +181,8 @@ def test_function_attribute_defaults_survive_at_ir9():
     layer = ir.BinaryConv(weight_bits=pack_weights(rng.random((6, 40, 3, 3)) < 0.5),
                           threshold=rng.standard_normal(40).astype(np.float32), scale=np.full(6, 0.5, np.float32),
                           bias=rng.standard_normal(6).astype(np.float32), kernel_shape=(3, 3))
-    m = onnx_export.xnor_conv_model(layer, (2, 40, 7, 7))
+    m = deploy_onnx.single_node_model(deploy_onnx.OP_NAME, (2, 40, 7, 7), binary_conv_inputs(layer),
+                                      deploy_onnx.layer_attrs(layer))
     node = m.graph.node[0]
     kept = [a for a in node.attribute if a.name == "kernel_shape"]
     del node.attribute[:]
@@ -187,7 +191,7 @@ def test_function_attribute_defaults_survive_at_ir9():
     m = onnx.load_from_string(m.SerializeToString())
     defaults = {a.name: onnx.helper.get_attribute_value(a) for a in m.functions[0].attribute_proto}
     assert defaults == {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
-    onnx_export.check_onnx(m)
+    deploy_onnx.check_onnx(m)
     x = rng.standard_normal((2, 40, 7, 7)).astype(np.float32)
     want = xnor_conv2d(torch.from_numpy(x), layer.weight_bits, torch.from_numpy(layer.threshold),
                        torch.from_numpy(layer.scale), torch.from_numpy(layer.bias), strides=(1, 1),
@@ -195,7 +199,7 @@ def test_function_attribute_defaults_survive_at_ir9():
     assert (want < 0).any()  # relu 0 applied: negative outputs stay
     np.testing.assert_array_equal(session(m).run(None, {"X": x})[0], want)
     # onnx.inliner alone drops the unset attributes; inline_functions spells the defaults out first
-    inlined = onnx_export.inline_functions(m, "packed-inline")
+    inlined = deploy_onnx.inline_functions(m, "packed-inline")
     np.testing.assert_array_equal(session(inlined).run(None, {"X": x})[0], want)
 
 
@@ -204,19 +208,19 @@ def test_function_attribute_defaults_survive_at_ir9():
 
 def _forms_in(out: Path) -> dict[str, str]:
     """form file -> checkpoint sha256 of every export of ARCH in `out` (each must load whole)."""
-    return {p.name: onnx_export.model_metadata(onnx_export.load_onnx(p))["xnorpipe.checkpoint_sha256"]
+    return {p.name: deploy_onnx.model_metadata(deploy_onnx.load_onnx(p))["xnorpipe.checkpoint_sha256"]
             for p in sorted(out.glob(f"{ARCH}.*.onnx"))}
 
 
 def test_export_removes_the_forms_of_another_checkpoint(deploys, tmp_path):
     a = deploys[ARCH]
-    b = ir.DeployModel(a.arch, a.layers, metadata={"xnorpipe.checkpoint_sha256": "ef" * 32})
-    onnx_export.export(a, FORMS, tmp_path)
+    b = ir.DeployModel(a.arch, a.nodes, metadata={"xnorpipe.checkpoint_sha256": "ef" * 32})
+    deploy_onnx.export(a, FORMS, tmp_path)
     notes = []
-    onnx_export.export(b, ["packed"], tmp_path, note=notes.append)
+    deploy_onnx.export(b, ["packed"], tmp_path, note=notes.append)
     assert _forms_in(tmp_path) == {f"{ARCH}.packed.onnx": "ef" * 32}
     assert len(notes) == 4 and all("exported from another checkpoint" in n for n in notes)
-    onnx_export.export(b, ["portable"], tmp_path, note=notes.append)  # same source: packed stays
+    deploy_onnx.export(b, ["portable"], tmp_path, note=notes.append)  # same source: packed stays
     assert _forms_in(tmp_path) == {f"{ARCH}.packed.onnx": "ef" * 32, f"{ARCH}.portable.onnx": "ef" * 32}
     assert len(notes) == 4 and sorted(p.name for p in tmp_path.iterdir()) == [f"{ARCH}.packed.onnx",
                                                                             f"{ARCH}.portable.onnx"]
@@ -226,14 +230,14 @@ def test_failed_write_leaves_the_old_forms_and_no_temp(deploys, tmp_path):
     """A real write failure (RLIMIT_FSIZE: the portable temp cannot grow past the limit) after
     two temps were written: every temp goes, the old set stays."""
     a = deploys[ARCH]
-    onnx_export.export(a, FORMS, tmp_path)
+    deploy_onnx.export(a, FORMS, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     ckpt = small_checkpoint(tmp_path.parent / "b.pth.tar", 2)
-    sizes = {f: len(onnx_export.build_onnx(a, f).SerializeToString()) for f in ("packed", "packed-bits", "portable")}
+    sizes = {f: len(deploy_onnx.build_onnx(a, f).SerializeToString()) for f in ("packed", "packed-bits", "portable")}
     limit = (sizes["portable"] + max(sizes["packed"], sizes["packed-bits"])) // 2
     assert sizes["packed"] < limit < sizes["portable"]
     script = ("import sys; from xnorpipe.sources import load_source_model; from xnorpipe.deploy.fold import "
-              "fold_model; from xnorpipe.deploy.onnx_export import export\n"
+              "fold_model; from xnorpipe.deploy.onnx import export\n"
               f"m, meta = load_source_model({ARCH!r}, {str(ckpt)!r})\n"
               f"export(fold_model(m, arch={ARCH!r}, metadata=meta), ['packed', 'packed-bits', 'portable'], "
               f"{str(tmp_path)!r})")
@@ -317,7 +321,7 @@ def test_bench_rebuilds_a_calibrated_random_init_reference(tmp_path):
     tree = write_image_tree(tmp_path / "tree", n_train=3, n_test=1)
     other = write_image_tree(tmp_path / "other", n_train=2, n_test=1)
     model, meta = load_source_model(ARCH, random_init=True, data=tree.path)
-    packed = onnx_export.export(fold_model(model, arch=ARCH, metadata=meta), ["packed"], tmp_path / "out")[0].path
+    packed = deploy_onnx.export(fold_model(model, arch=ARCH, metadata=meta), ["packed"], tmp_path / "out")[0].path
     for data, note in ((None, "pass that dataset as --data"), (other.path, "other images than --data's")):
         sources = prepare_sources(onnx_path=str(packed), engines=["ort"], data=data)
         assert sources.reference is None and any(note in n and "parity is skipped" in n for n in sources.notes)
@@ -340,7 +344,7 @@ def test_bench_rebuilds_a_calibrated_random_init_reference(tmp_path):
 
 def test_every_packing_body_ors_its_bit_planes():
     """OpenVINO sums int32 in float32: packing must not be a ReduceSum (nor any sum)."""
-    functions = onnx_export.functions_for(onnx_export.CONV_OPS + onnx_export.BIT_OPS)
+    functions = deploy_onnx.functions_for(deploy_onnx.CONV_OPS + deploy_onnx.BIT_OPS)
     packing = {f.name for f in functions if any(n.op_type == "BitwiseOr" for n in f.node)}
     assert packing == {"Binarize", "BitMaxPool", "ConvIntegerBinarize"}
     for f in functions:
@@ -355,11 +359,11 @@ def test_inlined_forms_are_standard_ops_and_equal_the_function_forms(arch, deplo
     deploy = deploys[arch]
     x = images(5, seed=1)
     for form, base in (("packed-inline", "packed"), ("packed-bits-inline", "packed-bits")):
-        m, ref = onnx_export.build_onnx(deploy, form), onnx_export.build_onnx(deploy, base)
-        onnx_export.check_onnx(m)
+        m, ref = deploy_onnx.build_onnx(deploy, form), deploy_onnx.build_onnx(deploy, base)
+        deploy_onnx.check_onnx(m)
         assert not m.functions and [(o.domain, o.version) for o in m.opset_import] == [("", 18)]
         assert {n.domain for n in m.graph.node} == {""}
-        assert onnx_export.model_metadata(m) == {**onnx_export.model_metadata(ref), "xnorpipe.form": form}
+        assert deploy_onnx.model_metadata(m) == {**deploy_onnx.model_metadata(ref), "xnorpipe.form": form}
         bits = {t.name: t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT32}
         assert bits and all(t.SerializeToString() == bits[t.name].SerializeToString()
                             for t in ref.graph.initializer if t.name.endswith("weight_bits"))
@@ -382,7 +386,7 @@ def test_openvino_runs_the_inlined_packed_bits_form(deploys, tmp_path):
     outs = {}
     for form in ("portable", "packed-inline", "packed-bits-inline"):
         path = tmp_path / f"{form}.onnx"
-        onnx.save(onnx_export.build_onnx(deploy, form), str(path))
+        onnx.save(deploy_onnx.build_onnx(deploy, form), str(path))
         compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         outs[form] = np.asarray(compiled([x])[0])
     assert_outputs_depend_on_input(outs["portable"])
@@ -398,19 +402,19 @@ def test_version_converter_drops_functions_and_load_onnx_says_so(deploys, tmp_pa
     from xnorpipe.runtime.ort_engine import OrtEngine
 
     deploy = deploys[ARCH]
-    converted = onnx.version_converter.convert_version(onnx_export.build_onnx(deploy, "packed"), 19)
+    converted = onnx.version_converter.convert_version(deploy_onnx.build_onnx(deploy, "packed"), 19)
     assert not converted.functions  # what the converter does; the checker does not notice
     onnx.checker.check_model(converted, full_check=True)
     path = tmp_path / "converted.onnx"
     onnx.save(converted, str(path))
-    for load in (lambda: onnx_export.load_onnx(path), lambda: OrtEngine(onnx_path=str(path))):
+    for load in (lambda: deploy_onnx.load_onnx(path), lambda: OrtEngine(onnx_path=str(path))):
         with pytest.raises(XnorpipeError) as e:
             load()
         msg = str(e.value)
         assert "\n" not in msg and "xnorpipe::XnorConv2d" in msg and "version_converter" in msg
-    assert onnx_export.load_onnx(path, custom_op_library=True).graph.node  # the library supplies the ops
+    assert deploy_onnx.load_onnx(path, custom_op_library=True).graph.node  # the library supplies the ops
     # the inlined form has nothing to lose: it converts and still computes the same
-    inlined = onnx_export.build_onnx(deploy, "packed-inline")
+    inlined = deploy_onnx.build_onnx(deploy, "packed-inline")
     converted = onnx.version_converter.convert_version(inlined, 19)
     path = tmp_path / "inlined.onnx"
     onnx.save(converted, str(path))
@@ -423,8 +427,8 @@ def test_version_converter_drops_functions_and_load_onnx_says_so(deploys, tmp_pa
 
 
 def test_metadata_states_the_input_convention_and_functions_cite_the_repo_contract(deploys):
-    m = onnx_export.build_onnx(deploys[ARCH], "packed-bits")
-    meta = onnx_export.model_metadata(m)
+    m = deploy_onnx.build_onnx(deploys[ARCH], "packed-bits")
+    meta = deploy_onnx.model_metadata(m)
     assert meta["xnorpipe.input"] == "RGB uint8 / 255, then (x - mean) / std, NCHW float32"
     assert meta["xnorpipe.layout"] == "NCHW" and len(json.loads(meta["xnorpipe.mean"])) == 3
     assert len(m.functions) == 7

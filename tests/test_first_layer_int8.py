@@ -29,7 +29,8 @@ onnx = pytest.importorskip("onnx")
 from conftest import assert_outputs_depend_on_input, require_ort_library  # noqa: E402
 from test_cpu_kernels import available_paths, make_session  # noqa: E402
 
-from xnorpipe.deploy import ir, onnx_export  # noqa: E402
+from xnorpipe.deploy import ir  # noqa: E402
+from xnorpipe.deploy import onnx as deploy_onnx  # noqa: E402
 from xnorpipe.deploy.first_layer import (  # noqa: E402
     integer_layer,
     integer_threshold,
@@ -91,6 +92,12 @@ def _case(seed: int):
 CASES = [_case(seed) for seed in range(24)]
 
 
+def _model(layer, x_shape) -> onnx.ModelProto:
+    """One ConvIntegerBinarize node with `layer`'s tensors and attributes, X uint8 [N, H, W, C]."""
+    return deploy_onnx.single_node_model(deploy_onnx.CONV_INTEGER_BINARIZE, x_shape, dict(layer.tensors()),
+                                         layer.attributes())
+
+
 def _reference(x, layer):
     return conv_integer_binarize(x, *(a for _, a in layer.tensors()), strides=layer.strides, pads=layer.pads,
                                  dilations=layer.dilations)
@@ -128,7 +135,7 @@ def test_reference_is_the_contract_sum():
 def test_library_is_bit_exact(path):
     require_ort_library()
     for x, layer in CASES:
-        sess = make_session(onnx_export.conv_integer_binarize_model(layer, x.shape).SerializeToString(), path,
+        sess = make_session(_model(layer, x.shape).SerializeToString(), path,
                             threads=2)
         got = sess.run(None, {"X": x})[0]
         want = _reference(x, layer)
@@ -139,7 +146,7 @@ def test_function_body_is_bit_exact_on_stock_ort():
     for x, layer in CASES[:12]:
         so = ort.SessionOptions()
         so.log_severity_level = 4
-        sess = ort.InferenceSession(onnx_export.conv_integer_binarize_model(layer, x.shape).SerializeToString(), so,
+        sess = ort.InferenceSession(_model(layer, x.shape).SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
         assert np.array_equal(sess.run(None, {"X": x})[0], _reference(x, layer)), (x.shape, layer.pads)
 
@@ -148,14 +155,14 @@ def test_function_body_on_onnx_reference():
     from onnx.reference import ReferenceEvaluator
 
     for x, layer in (CASES[0], CASES[1]):  # a random case and an extreme one
-        got = ReferenceEvaluator(onnx_export.conv_integer_binarize_model(layer, x.shape)).run(None, {"X": x})[0]
+        got = ReferenceEvaluator(_model(layer, x.shape)).run(None, {"X": x})[0]
         assert np.array_equal(got, _reference(x, layer))
 
 
 def test_batch_zero_and_new_sizes_reuse_the_session():
     require_ort_library()
     x, layer = CASES[0]
-    model = onnx_export.conv_integer_binarize_model(layer, x.shape)
+    model = _model(layer, x.shape)
     for value in (model.graph.input[0], model.graph.output[0]):  # any height and width
         for k, name in ((1, "h"), (2, "w")) if value is model.graph.input[0] else ((2, "ho"), (3, "wo")):
             value.type.tensor_type.shape.dim[k].dim_param = name
@@ -188,7 +195,7 @@ def _tiny_model(weight, bias, threshold, relu=True) -> ir.DeployModel:
     binary = ir.BinaryConv(weight_bits=words, threshold=threshold.astype(np.float32), scale=np.ones(4, np.float32),
                            bias=np.zeros(4, np.float32), kernel_shape=(1, 1))
     assert binary.in_channels == m
-    return ir.DeployModel(arch="tiny", layers=[first, binary, ir.Flatten()], input_shape=(3, 8, 8))
+    return ir.DeployModel.from_layers(arch="tiny", layers=[first, binary, ir.Flatten()], input_shape=(3, 8, 8))
 
 
 def test_quantiser_constant_channels_and_closeness():
@@ -230,7 +237,7 @@ def test_quantiser_constant_channels_and_closeness():
 
 def test_quantiser_refuses_models_without_a_float_first_conv():
     model = _tiny_model(np.ones((8, 3, 3, 3)), np.zeros(8), np.ones(8))
-    model.layers = model.layers[1:]
+    model = ir.DeployModel.from_layers(model.arch, model.layers[1:], input_shape=model.input_shape)
     with pytest.raises(XnorpipeError, match="float first conv"):
         quantize_first_layer(model, np.zeros((1, 8, 8, 3), np.uint8), "test")
     with pytest.raises(XnorpipeError, match="calibration images"):
@@ -258,18 +265,18 @@ def test_exported_model_runs_everywhere(nin_int8, tmp_path):
 
     require_ort_library()
     _, deploy, layer = nin_int8
-    files = onnx_export.export(deploy, ["packed-bits", "packed-bits-inline"], tmp_path, first_layer=layer)
+    files = deploy_onnx.export(deploy, ["packed-bits", "packed-bits-inline"], tmp_path, first_layer=layer)
     assert [f.path.name for f in files] == ["nin_xnornet.packed-bits.int8.onnx",
                                             "nin_xnornet.packed-bits-inline.int8.onnx"]
     m = onnx.load(str(files[0].path))
-    meta = onnx_export.model_metadata(m)
+    meta = deploy_onnx.model_metadata(m)
     assert meta["xnorpipe.layout"] == "NHWC" and meta["xnorpipe.first_layer"] == "int8"
     assert "uint8" in meta["xnorpipe.input"]
     assert json.loads(meta["xnorpipe.first_layer_quantisation"])["calibration"] == "synthetic:0"
     (x,) = m.graph.input
     assert x.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_value or d.dim_param for d in x.type.tensor_type.shape.dim] == ["batch", 32, 32, 3]
-    assert m.graph.node[0].op_type == "ConvIntegerBinarize" and "ConvBinarize" not in onnx_export.custom_op_types(m)
+    assert m.graph.node[0].op_type == "ConvIntegerBinarize" and "ConvBinarize" not in deploy_onnx.custom_op_types(m)
 
     images = synthetic_calibration_images(seed=7, n=12)
     lib = OrtXnorEngine(onnx_path=str(files[0].path), threads=2)
@@ -307,10 +314,10 @@ def test_int8_only_in_packed_bits_forms(nin_int8):
     _, deploy, layer = nin_int8
     for form in ("portable", "packed", "packed-inline"):
         with pytest.raises(XnorpipeError, match="integer first layer"):
-            onnx_export.build_onnx(deploy, form, first_layer=layer)
-    assert onnx_export.resolve_forms(deploy, "all", "int8")[0] == ["packed-bits", "packed-bits-inline"]
+            deploy_onnx.build_onnx(deploy, form, first_layer=layer)
+    assert deploy_onnx.resolve_forms(deploy, "all", "int8")[0] == ["packed-bits", "packed-bits-inline"]
     with pytest.raises(XnorpipeError, match="applies to the packed-bits"):
-        onnx_export.resolve_forms(deploy, "packed", "int8")
+        deploy_onnx.resolve_forms(deploy, "packed", "int8")
 
 
 def _cli(*args):
@@ -332,7 +339,7 @@ def test_cli_export_and_bench(tmp_path):
     assert "integer first layer:" in r.stdout and "calibrated on synthetic images" in r.stdout
     assert sorted(p.name for p in out.glob("*.onnx")) == ["nin_xnornet.packed-bits.int8.onnx",
                                                           "nin_xnornet.packed-bits.onnx"]
-    flipped = json.loads(onnx_export.model_metadata(onnx.load(str(out / "nin_xnornet.packed-bits.int8.onnx")))[
+    flipped = json.loads(deploy_onnx.model_metadata(onnx.load(str(out / "nin_xnornet.packed-bits.int8.onnx")))[
         "xnorpipe.first_layer_quantisation"])
     assert flipped["calibration_images"] == 256 and 0 < flipped["int8_flipped_bits"] < 1e-3 * flipped["total_bits"]
     assert flipped["flipped_bits"] < 0.1 * flipped["int8_flipped_bits"]

@@ -31,7 +31,7 @@ def _tiny_ir():
     binary = ir.BinaryConv(weight_bits=pack_weights(rng.random((10, 8, 3, 3)) < 0.5),
                            threshold=np.zeros(8, np.float32), scale=np.ones(10, np.float32),
                            bias=np.zeros(10, np.float32), kernel_shape=(3, 3), pads=(1, 1, 1, 1), relu=True)
-    return ir.DeployModel(arch="tiny", layers=[first, binary, ir.AvgPool((8, 8), (8, 8)), ir.Flatten()],
+    return ir.DeployModel.from_layers(arch="tiny", layers=[first, binary, ir.AvgPool((8, 8), (8, 8)), ir.Flatten()],
                           input_shape=(3, 8, 8))
 
 
@@ -39,14 +39,14 @@ def test_registry_names():
     from xnorpipe.runtime import engine_class
 
     assert engine_class("torch-xnor").name == "torch-xnor"
-    assert engine_class("torch-xnor").device == "cuda"
-    assert engine_class("trt").name == "trt"
+    assert engine_class("torch-xnor").devices[0] == "cuda"
+    assert engine_class("trt").name == "trt" and engine_class("trt").devices == ("cuda",)
 
 
 def test_torch_xnor_needs_a_packed_model(tmp_path):
     import onnx
 
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.runtime import engine_class
 
     cls = engine_class("torch-xnor")
@@ -154,19 +154,6 @@ def test_bench_gpu_options_are_one_line_errors():
     assert "XnorConv2d only" in lines[0] and "ConvBinarize" in lines[0]  # the model, before any device
     r = bench("--engine", "torch-xnor", "--gpu-kernels", "warp")
     assert r.returncode != 0 and "warp" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_engine_forms_have_one_home():
-    from xnorpipe.bench import ENGINE_FORMS, XNOR_ENGINES, engine_forms
-
-    assert engine_forms() == ENGINE_FORMS
-    assert engine_forms(gpu_kernels="cuda")["torch-xnor"] == engine_forms(gpu_kernels="cuda")["trt"] == "packed"
-    assert engine_forms(gpu_kernels="cuda")["ort-xnor"] == ENGINE_FORMS["ort-xnor"]
-    assert all(engine_forms("packed")[e] == "packed" for e in XNOR_ENGINES)
-    assert engine_forms("packed-bits", "cuda")["torch-xnor"] == "packed-bits"  # then refused, in one line
-    assert engine_forms("packed")["ort"] == "portable"
-    with pytest.raises(XnorpipeError):
-        engine_forms("portable")
 
 
 # ------------------------------------------------------------------ on a GPU

@@ -8,11 +8,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_outputs_depend_on_input
+from conftest import assert_outputs_depend_on_input, binary_conv_inputs, bit_links
 from test_fold import SMALL
 
 from xnorpipe import __version__
-from xnorpipe.deploy import ir, onnx_export
+from xnorpipe.deploy import ir
+from xnorpipe.deploy import onnx as deploy_onnx
 from xnorpipe.deploy.fold import fold_model
 from xnorpipe.deploy.module import DeployModule
 from xnorpipe.deploy.packing import pack_weights
@@ -41,7 +42,7 @@ def session(m: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
 
 
 def forms_of(arch):
-    return list(onnx_export.FORMS) if ARCHS[arch].binary else ["portable"]
+    return list(deploy_onnx.FORMS) if ARCHS[arch].binary else ["portable"]
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +52,17 @@ def small_models():
     random statistics alone, `randomise_bn`, nin_xnornet's logits are the same for every input.)"""
     calib = np.random.default_rng(12).standard_normal((64, 3, 32, 32)).astype(np.float32)
     out = {}
-    for arch in ARCHS:
+    for arch in SMALL:
         model = calibrated(arch, SMALL[arch][0], calib, seed=11)
         out[arch] = (model, fold_model(model, arch=arch, metadata={"xnorpipe.checkpoint_sha256": "ab" * 32}))
     return out
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(SMALL))
 def test_forms_pass_checker_and_strict_shape_inference(arch, small_models):
     _, deploy = small_models[arch]
     for form in forms_of(arch):
-        inferred = onnx_export.check_onnx(onnx_export.build_onnx(deploy, form))
+        inferred = deploy_onnx.check_onnx(deploy_onnx.build_onnx(deploy, form))
         out = inferred.graph.output[0]
         assert out.name == "logits"
         dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
@@ -71,7 +72,7 @@ def test_forms_pass_checker_and_strict_shape_inference(arch, small_models):
         assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 3, 32, 32]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(SMALL))
 def test_forms_match_deploy_module_with_dynamic_batch(arch, small_models):
     _, deploy = small_models[arch]
     module = DeployModule(deploy)
@@ -82,20 +83,20 @@ def test_forms_match_deploy_module_with_dynamic_batch(arch, small_models):
         if batch > 1:
             assert_outputs_depend_on_input(want)
         for form in forms_of(arch):
-            m = onnx_export.build_onnx(deploy, form)
+            m = deploy_onnx.build_onnx(deploy, form)
             got = session(m).run(None, {"input": x.numpy()})[0]
             assert got.shape == (batch, 10)
             np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
             if form in ("packed", "packed-bits"):
-                assert onnx_export.count_custom_nodes(m) == 7
+                assert deploy_onnx.count_custom_nodes(m) == 7
 
 
 def test_custom_nodes_and_function_layout(small_models):
     _, deploy = small_models["nin_gc_xnornet"]
-    packed = onnx_export.build_onnx(deploy, "packed")
-    portable = onnx_export.build_onnx(deploy, "portable")
-    assert onnx_export.count_custom_nodes(portable) == 0
+    packed = deploy_onnx.build_onnx(deploy, "packed")
+    portable = deploy_onnx.build_onnx(deploy, "portable")
+    assert deploy_onnx.count_custom_nodes(portable) == 0
     assert {o.domain for o in portable.opset_import} == {""}
     assert [(f.domain, f.name) for f in packed.functions] == [("xnorpipe", "XnorConv2d")]
     assert {(o.domain, o.version) for o in packed.opset_import} >= {("xnorpipe", 1)}
@@ -112,12 +113,12 @@ def test_custom_nodes_and_function_layout(small_models):
 
 def test_metadata(small_models, tmp_path):
     _, deploy = small_models["nin_xnornet"]
-    files = onnx_export.export(deploy, onnx_export.FORMS, tmp_path)
+    files = deploy_onnx.export(deploy, deploy_onnx.FORMS, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "nin_xnornet.packed-bits-inline.onnx", "nin_xnornet.packed-bits.onnx", "nin_xnornet.packed-inline.onnx",
         "nin_xnornet.packed.onnx", "nin_xnornet.portable.onnx"]
     for f in files:
-        meta = onnx_export.model_metadata(onnx.load(str(f.path)))
+        meta = deploy_onnx.model_metadata(onnx.load(str(f.path)))
         assert meta["xnorpipe.arch"] == "nin_xnornet"
         assert meta["xnorpipe.form"] == f.form
         assert meta["xnorpipe.input"] == "RGB uint8 / 255, then (x - mean) / std, NCHW float32"
@@ -134,7 +135,7 @@ def test_packed_is_at_most_an_eighth_of_portable(tmp_path):
     """And the inlined forms keep most of it (their weights stay packed; each call site gets its
     own copy of the function body): about 15x and 13x for nin_xnornet."""
     model = build_model("nin_xnornet").eval()  # the seed's widths: the size claim is about them
-    files = {f.form: f for f in onnx_export.export(fold_model(model, arch="nin_xnornet"), onnx_export.FORMS,
+    files = {f.form: f for f in deploy_onnx.export(fold_model(model, arch="nin_xnornet"), deploy_onnx.FORMS,
                                                     tmp_path)}
     portable = files["portable"].size_bytes
     print("nin_xnornet " + ", ".join(f"{form} {f.size_bytes} B ({portable / f.size_bytes:.1f}x)"
@@ -150,11 +151,11 @@ def test_opset_limits(small_models):
     _, deploy = small_models["nin_xnornet"]
     from xnorpipe.errors import XnorpipeError
 
-    onnx_export.check_onnx(onnx_export.build_onnx(deploy, "portable", opset=17))
-    for form in onnx_export.FORMS[1:]:
+    deploy_onnx.check_onnx(deploy_onnx.build_onnx(deploy, "portable", opset=17))
+    for form in deploy_onnx.FORMS[1:]:
         with pytest.raises(XnorpipeError, match="opset >= 18"):
-            onnx_export.build_onnx(deploy, form, opset=17)
-        onnx_export.check_onnx(onnx_export.build_onnx(deploy, form, opset=21))
+            deploy_onnx.build_onnx(deploy, form, opset=17)
+        deploy_onnx.check_onnx(deploy_onnx.build_onnx(deploy, form, opset=21))
 
 
 # ------------------------------------------------------------------ op semantics, one node
@@ -186,8 +187,9 @@ def test_function_body_computes_the_contract(case):
     x[0, :, 0, 0] = layer.threshold  # exactly at the thresholds, in a padded corner
     x[1, :, -1, -1] = np.where(np.isfinite(layer.threshold), layer.threshold, 0)
     x[2, 0, 5, 5] = np.nan  # NaN binarizes to -1
-    m = onnx_export.xnor_conv_model(layer, x.shape)
-    onnx_export.check_onnx(m)
+    m = deploy_onnx.single_node_model(deploy_onnx.OP_NAME, x.shape, binary_conv_inputs(layer),
+                                      deploy_onnx.layer_attrs(layer))
+    deploy_onnx.check_onnx(m)
     want = xnor_conv2d(torch.from_numpy(x), layer.weight_bits, torch.from_numpy(layer.threshold),
                        torch.from_numpy(layer.scale), torch.from_numpy(layer.bias), strides=layer.strides,
                        pads=layer.pads, dilations=layer.dilations, group=layer.group,
@@ -197,7 +199,8 @@ def test_function_body_computes_the_contract(case):
     np.testing.assert_array_equal(session(m, optimize=False).run(None, {"X": x})[0], want)
     np.testing.assert_allclose(session(m).run(None, {"X": x})[0], want, rtol=1e-5, atol=1e-4)
     with torch.no_grad():
-        module_out = DeployModule(ir.DeployModel("op", [layer], input_shape=x.shape[1:]))(torch.from_numpy(x))
+        one_op = ir.DeployModel.from_layers("op", [layer], input_shape=x.shape[1:])
+        module_out = DeployModule(one_op)(torch.from_numpy(x))
     np.testing.assert_array_equal(module_out.numpy(), want)
 
 
@@ -207,7 +210,9 @@ def test_padding_is_zero_not_plus_or_minus_one():
                           threshold=np.zeros(5, np.float32), scale=np.ones(1, np.float32),
                           bias=np.zeros(1, np.float32), kernel_shape=(3, 3), pads=(1, 1, 1, 1))
     x = -np.ones((1, 5, 4, 4), np.float32)
-    y = session(onnx_export.xnor_conv_model(layer, x.shape)).run(None, {"X": x})[0]
+    m = deploy_onnx.single_node_model(deploy_onnx.OP_NAME, x.shape, binary_conv_inputs(layer),
+                                      deploy_onnx.layer_attrs(layer))
+    y = session(m).run(None, {"X": x})[0]
     assert y[0, 0, 0, 0] == -4 * 5 and y[0, 0, 1, 1] == -9 * 5 and y[0, 0, 0, 1] == -6 * 5
 
 
@@ -282,8 +287,8 @@ def assert_within_contract(got, oracle, trained):
 def test_real_images_parity(arch, cifar):
     deploy, test_x, trained, oracle = real_runs(arch, cifar)
     assert_outputs_depend_on_input(trained)
-    portable = session(onnx_export.build_onnx(deploy, "portable")).run(None, {"input": test_x})[0]
-    packed = session(onnx_export.build_onnx(deploy, "packed")).run(None, {"input": test_x})[0]
+    portable = session(deploy_onnx.build_onnx(deploy, "portable")).run(None, {"input": test_x})[0]
+    packed = session(deploy_onnx.build_onnx(deploy, "packed")).run(None, {"input": test_x})[0]
     assert np.median(np.abs(portable - oracle)) <= 1e-5
     assert_within_contract(oracle, oracle, trained)
     assert_within_contract(portable, oracle, trained)
@@ -298,7 +303,7 @@ def test_real_images_parity_native_kernels(arch, cifar):
     so = ort.SessionOptions()
     so.register_custom_ops_library(_library())
     deploy, test_x, trained, oracle = real_runs(arch, cifar)
-    native = ort.InferenceSession(onnx_export.build_onnx(deploy, "packed").SerializeToString(), so,
+    native = ort.InferenceSession(deploy_onnx.build_onnx(deploy, "packed").SerializeToString(), so,
                                   providers=["CPUExecutionProvider"]).run(None, {"input": test_x})[0]
     assert_within_contract(native, oracle, trained)
 
@@ -309,7 +314,7 @@ def test_polygraphy_comparator_agrees_across_forms(small_models):
     from polygraphy.comparator import Comparator, DataLoader, SimpleCompareFunc
 
     _, deploy = small_models["nin_gc_xnornet"]
-    runners = [OnnxrtRunner(SessionFromOnnx(onnx_export.build_onnx(deploy, form).SerializeToString()),
+    runners = [OnnxrtRunner(SessionFromOnnx(deploy_onnx.build_onnx(deploy, form).SerializeToString()),
                             name=form) for form in ("portable", "packed")]
     loader = DataLoader(iterations=2, input_metadata=None, val_range=(-2.0, 2.0))
     results = Comparator.run(runners, data_loader=loader)
@@ -359,16 +364,16 @@ def _dims(vi):
 
 def test_packed_bits_graph_of_nin_xnornet(small_models):
     _, deploy = small_models["nin_xnornet"]
-    m = onnx_export.build_onnx(deploy, "packed-bits")
+    m = deploy_onnx.build_onnx(deploy, "packed-bits")
     assert [n.op_type for n in m.graph.node] == NIN_BITS_SEQUENCE
     assert all(n.domain == ("" if n.op_type in ("Conv", "Relu", "AveragePool", "Flatten") else "xnorpipe")
                for n in m.graph.node)
     assert [f.name for f in m.functions] == ["XnorConv2d", "Binarize", "XnorConv2dBits",
                                              "XnorConv2dBitsBinarize", "BitMaxPool", "ConvBinarize",
                                              "AvgPoolBinarize"]
-    assert onnx_export.model_metadata(m)["xnorpipe.form"] == "packed-bits"
+    assert deploy_onnx.model_metadata(m)["xnorpipe.form"] == "packed-bits"
     # 7 XnorConv2d family; ConvBinarize, BitMaxPool and AvgPoolBinarize (no plain Binarize)
-    assert onnx_export.count_custom_nodes(m) == 7 and onnx_export.count_bit_nodes(m) == 3
+    assert deploy_onnx.count_custom_nodes(m) == 7 and deploy_onnx.count_bit_nodes(m) == 3
     binary = [layer for layer in deploy.layers if isinstance(layer, ir.BinaryConv)]
     convs = [n for n in m.graph.node if n.op_type.startswith("XnorConv2d")]
     inits = _inits(m)
@@ -391,11 +396,11 @@ def test_packed_bits_graph_of_nin_xnornet(small_models):
                              "relu": int(first.relu)}
     for name, want in zip(fused.input[1:], (first.weight, first.bias, binary[0].threshold)):
         np.testing.assert_array_equal(inits[name], want)
-    assert onnx_export.conv_binarize_links(deploy) == {0: 1}
+    assert bit_links(deploy, ir.FloatConv) == {0: 1}
     # the first AvgPool (after layer 5) writes layer 6's bits: the pool's attributes, layer 6's
     # threshold; the second (after conv8) stays a float AveragePool
     pools = [i for i, layer in enumerate(deploy.layers) if isinstance(layer, ir.AvgPool)]
-    assert onnx_export.avg_pool_binarize_links(deploy) == {pools[0]: pools[0] + 1}
+    assert bit_links(deploy, ir.AvgPool) == {pools[0]: pools[0] + 1}
     assert deploy.layers[pools[0] + 1] is binary[5]
     avg_node = next(n for n in m.graph.node if n.op_type == "AvgPoolBinarize")
     avg = deploy.layers[pools[0]]
@@ -410,7 +415,7 @@ def test_packed_bits_graph_of_nin_xnornet(small_models):
                                  "pads": list(pool.pads)}
     # strict inference through the function bodies: bits are int32 of rank 4 (the bodies'
     # computed Reshape targets leave the dimensions symbolic)
-    inferred = {vi.name: vi for vi in onnx_export.check_onnx(m).graph.value_info}
+    inferred = {vi.name: vi for vi in deploy_onnx.check_onnx(m).graph.value_info}
     for node in m.graph.node:
         if node.op_type in ("ConvBinarize", "XnorConv2dBitsBinarize", "BitMaxPool", "AvgPoolBinarize"):
             vi = inferred[node.output[0]]
@@ -422,9 +427,9 @@ def test_nin_gc_packed_bits_links_every_binary_layer(small_models):
     packed-bits graph has nin_xnornet's shape: every binary layer reads bits, no shuffle between
     them (tests/test_shuffle_fold.py checks the fold and the outputs)."""
     _, deploy = small_models["nin_gc_xnornet"]
-    assert onnx_export.bit_links(deploy) == {1: 2, 2: 4, 4: 5, 5: 6, 8: 9}
-    assert onnx_export.conv_binarize_links(deploy) == {0: 1}
-    bits = onnx_export.build_onnx(deploy, "packed-bits")
+    assert bit_links(deploy) == {1: 2, 2: 4, 4: 5, 5: 6, 8: 9}
+    assert bit_links(deploy, ir.FloatConv) == {0: 1}
+    bits = deploy_onnx.build_onnx(deploy, "packed-bits")
     assert [n.op_type for n in bits.graph.node] == NIN_BITS_SEQUENCE
 
 
@@ -437,28 +442,34 @@ def _toy_bits_model(rng):
     layers = [conv(8, 40, 3, pads=(1, 1, 1, 1)), ir.MaxPool((2, 2), (2, 2)), conv(40, 64),
               conv(64, 64, 3, g=2, pads=(1, 1, 1, 1)), ir.ChannelShuffle(2), conv(64, 64, g=2),
               ir.AvgPool((2, 2), (2, 2)), conv(64, 48), conv(48, 48, g=2), conv(48, 10), ir.Flatten()]
-    return ir.DeployModel(arch="toy", layers=layers, input_shape=(8, 12, 12))
+    return ir.DeployModel.from_layers(arch="toy", layers=layers, input_shape=(8, 12, 12))
 
 
 def test_bit_links_follow_the_rules_and_keep_the_logits():
     rng = np.random.default_rng(5)
     model = _toy_bits_model(rng)
-    assert onnx_export.bit_links(model) == {0: 2, 2: 3, 7: 8, 8: 9}
-    m = onnx_export.build_onnx(model, "packed-bits")
-    onnx_export.check_onnx(m)
+    assert bit_links(model) == {0: 2, 2: 3, 7: 8, 8: 9}
+    m = deploy_onnx.build_onnx(model, "packed-bits")
+    deploy_onnx.check_onnx(m)
     assert [n.op_type for n in m.graph.node] == [
         "Binarize", "XnorConv2dBitsBinarize", "BitMaxPool", "XnorConv2dBitsBinarize", "XnorConv2dBits",
         "Reshape", "Transpose", "Reshape", "XnorConv2d", "AvgPoolBinarize", "XnorConv2dBitsBinarize",
         "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"]
-    # a MaxPool whose padding reaches a whole window, or two MaxPools, pass floats
-    padded = ir.DeployModel("toy", [model.layers[0], ir.MaxPool((1, 1), (1, 1), (1, 1, 1, 1)), model.layers[2]],
+    # a MaxPool whose padding reaches a whole window passes floats; two MaxPools pass bits
+    padded = ir.DeployModel.from_layers("toy", [model.layers[0], ir.MaxPool((1, 1), (1, 1), (1, 1, 1, 1)),
+                                                model.layers[2]],
                             input_shape=(8, 12, 12))
-    two = ir.DeployModel("toy", [model.layers[0], model.layers[1], model.layers[1], model.layers[2]],
+    two = ir.DeployModel.from_layers("toy", [model.layers[0], model.layers[1], model.layers[1], model.layers[2]],
                          input_shape=(8, 12, 12))
-    assert onnx_export.bit_links(padded) == {} and onnx_export.bit_links(two) == {}
+    assert bit_links(padded) == {}
+    two_bits = deploy_onnx.build_onnx(two, "packed-bits")
+    assert [n.op_type for n in two_bits.graph.node].count("BitMaxPool") == 2
     x = rng.standard_normal((3, 8, 12, 12)).astype(np.float32)
     x[0, :, 0, 0] = model.layers[0].threshold  # at the first thresholds
-    want = session(onnx_export.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(session(two_bits, optimize=False).run(None, {"input": x})[0],
+                                  session(deploy_onnx.build_onnx(two, "packed"), optimize=False)
+                                  .run(None, {"input": x})[0])
+    want = session(deploy_onnx.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
     np.testing.assert_array_equal(session(m, optimize=False).run(None, {"input": x})[0], want)
 
 
@@ -521,8 +532,8 @@ def test_binarize_function_body_matches_reference(c):
     thr[0] = -np.inf
     if c > 2:
         thr[2] = np.inf
-    m = onnx_export.binarize_model(thr, (3, c, 7, 5))
-    onnx_export.check_onnx(m)
+    m = deploy_onnx.single_node_model(deploy_onnx.BINARIZE, (3, c, 7, 5), {"threshold": thr})
+    deploy_onnx.check_onnx(m)
     s = session(m, optimize=False)
     for n in (1, 3):
         x = rng.standard_normal((n, c, 7, 5)).astype(np.float32)
@@ -558,8 +569,10 @@ def test_xnor_conv_bits_function_body_matches_reference(case, binarize_out):
         out_thr = np.median(y, axis=(0, 2, 3)).astype(np.float32)
         out_thr[::3] = y[0, ::3, 0, 0]
     want = xnor_conv2d_bits(xp, c, layer.weight_bits, layer.scale, layer.bias, output_threshold=out_thr, **attrs)
-    model = onnx_export.xnor_conv_bits_model(layer, (3, c, 11, 13), output_threshold=out_thr)
-    onnx_export.check_onnx(model)
+    op = deploy_onnx.CONV_BITS_BINARIZE if binarize_out else deploy_onnx.CONV_BITS
+    inputs = binary_conv_inputs(layer, reads_bits=True) | ({"output_threshold": out_thr} if binarize_out else {})
+    model = deploy_onnx.single_node_model(op, xp.shape, inputs, deploy_onnx.layer_attrs(layer, reads_bits=True))
+    deploy_onnx.check_onnx(model)
     assert [f.name for f in model.functions] == (
         ["XnorConv2d", "Binarize", "XnorConv2dBits", "XnorConv2dBitsBinarize"] if binarize_out
         else ["XnorConv2d", "XnorConv2dBits"])
@@ -579,8 +592,9 @@ def test_xnor_conv_bits_reads_groups_of_partial_words(shuffle_output):
     layer.shuffle_output = shuffle_output
     attrs = dict(strides=layer.strides, pads=layer.pads, dilations=layer.dilations, group=2, relu=layer.relu)
     xp = _random_words(rng, (2, 2, 4, 4))
-    model = onnx_export.xnor_conv_bits_model(layer, (2, 48, 4, 4))
-    onnx_export.check_onnx(model)
+    model = deploy_onnx.single_node_model(deploy_onnx.CONV_BITS, xp.shape, binary_conv_inputs(layer, reads_bits=True),
+                                          deploy_onnx.layer_attrs(layer, reads_bits=True))
+    deploy_onnx.check_onnx(model)
     got = session(model, optimize=False).run(None, {"X": xp})[0]
     want = xnor_conv2d_bits(xp, 48, layer.weight_bits, layer.scale, layer.bias, shuffle_output=shuffle_output,
                             **attrs)
@@ -596,8 +610,9 @@ def test_bit_max_pool_function_body_matches_reference(case):
     c, h, w, k, s, pads = case
     rng = np.random.default_rng(c + h)
     pool = ir.MaxPool((k, k), (s, s), pads)
-    model = onnx_export.bit_max_pool_model(pool, (2, c, h, w))
-    onnx_export.check_onnx(model)
+    model = deploy_onnx.single_node_model(deploy_onnx.BIT_MAX_POOL, (2, (c + 31) // 32, h, w), {},
+                                          deploy_onnx.layer_attrs(pool))
+    deploy_onnx.check_onnx(model)
     assert [f.name for f in model.functions] == ["BitMaxPool"]
     # sparse bits, so that an OR of a window is not simply all ones
     xp = (_random_words(rng, (2, (c + 31) // 32, h, w)) & _random_words(rng, (2, (c + 31) // 32, h, w))
@@ -656,7 +671,7 @@ def _assert_bits_agree_where_decided(got, want, decided, m):
 
 
 def _library_session_factory(*ops: str):
-    """Sessions on libxnorpipe_ort.so as ort-xnor makes them (default optimizations, NCHWc off);
+    """Sessions on libxnorpipe_ort.so as ort-xnor makes them (ORT's default optimizations);
     skips where the library is not built or lacks a kernel of `ops` (default: ConvBinarize)."""
     from test_cpu_kernels import _library
 
@@ -670,7 +685,6 @@ def _library_session_factory(*ops: str):
     def make(m: onnx.ModelProto) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.register_custom_ops_library(library)
-        so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     return make
@@ -695,11 +709,13 @@ def test_conv_binarize_matches_the_real_number_reference(case, runtime):
     thr[0], thr[1] = -np.inf, np.inf  # all set (but NaN), all clear
     thr[2] = 0.0  # with ReLU every output is >= 0: all set (but NaN)
     thr[3] = y[0, 3, 0, 0]  # exactly at an output: undecided, but exercised
-    model = onnx_export.conv_binarize_model(layer, thr, x.shape)
-    onnx_export.check_onnx(model)
+    model = deploy_onnx.single_node_model(deploy_onnx.CONV_BINARIZE, x.shape,
+                                          {"W": layer.weight, "B": layer.bias, "threshold": thr},
+                                          deploy_onnx.layer_attrs(layer))
+    deploy_onnx.check_onnx(model)
     assert [f.name for f in model.functions] == ["Binarize", "ConvBinarize"]
     want = conv_binarize(x, layer.weight, layer.bias, thr, relu=layer.relu, **attrs)
-    _, ho, wo = onnx_export.layer_shapes(ir.DeployModel("op", [layer], input_shape=(c, 11, 13)))[-1]
+    _, ho, wo = ir.node_shapes(ir.DeployModel.from_layers("op", [layer], input_shape=(c, 11, 13)))[-1]
     assert want.shape == (3, (m + 31) // 32, ho, wo)
     decided = _decided(x, layer, thr)
     assert decided.mean() > 0.97 and np.isnan(y).any()
@@ -731,21 +747,20 @@ def test_conv_binarize_fusion_rules():
                     ["Conv", "Relu", "Binarize", "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"]),
         "through_pool": ([float_conv(4, 40), ir.MaxPool((2, 2), (2, 2)), binary(40, 48), binary(48, 10),
                           ir.Flatten()],
-                         ["Conv", "Relu", "MaxPool", "Binarize", "XnorConv2dBitsBinarize", "XnorConv2dBits",
-                          "Flatten"]),
+                         ["ConvBinarize", "BitMaxPool", "XnorConv2dBitsBinarize", "XnorConv2dBits", "Flatten"]),
         "float_reader": ([float_conv(4, 40), binary(40, 10), ir.Flatten()],
                          ["ConvBinarize", "XnorConv2dBits", "Flatten"]),
     }
     x = rng.standard_normal((4, 4, 6, 6)).astype(np.float32)
     for name, (layers, sequence) in cases.items():
-        model = ir.DeployModel("toy", layers, input_shape=(4, 6, 6))
-        m = onnx_export.build_onnx(model, "packed-bits")
-        onnx_export.check_onnx(m)
+        model = ir.DeployModel.from_layers("toy", layers, input_shape=(4, 6, 6))
+        m = deploy_onnx.build_onnx(model, "packed-bits")
+        deploy_onnx.check_onnx(m)
         assert [n.op_type for n in m.graph.node] == sequence, name
-        fused = name in ("fused", "float_reader")
-        assert onnx_export.conv_binarize_links(model) == ({0: 1} if fused else {}), name
+        fused = name in ("fused", "float_reader", "through_pool")
+        assert bit_links(model, ir.FloatConv) == ({0: 2 if name == "through_pool" else 1} if fused else {}), name
         got = session(m, optimize=False).run(None, {"input": x})[0]
-        want = session(onnx_export.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
+        want = session(deploy_onnx.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
         if fused:  # ConvBinarize may round its sums differently (see below)
             np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -797,7 +812,8 @@ def test_avg_pool_binarize_reference_by_hand():
     assert bits.dtype == np.int32 and bits.ravel().tolist() == [0, 1, 1, 1]
     x[0, 0, 3, 3] = np.nan  # only the bottom-right window sees it
     assert avg_pool_binarize(x, thr, **_pool_kwargs(pool)).ravel().tolist() == [0, 1, 1, 0]
-    model = onnx_export.avg_pool_binarize_model(pool, thr, x.shape)
+    model = deploy_onnx.single_node_model(deploy_onnx.AVG_POOL_BINARIZE, x.shape, {"threshold": thr},
+                                          deploy_onnx.layer_attrs(pool))
     np.testing.assert_array_equal(session(model, optimize=False).run(None, {"X": x})[0], [[[[0, 1], [1, 0]]]])
 
 
@@ -821,11 +837,12 @@ def test_avg_pool_binarize_matches_the_real_number_reference(case, runtime):
     thr = np.nanmedian(np.where(np.isinf(y), np.nan, y), axis=(0, 2, 3)).astype(np.float32)  # about half set
     thr[0], thr[1] = -np.inf, np.inf  # all set (but NaN), all clear (but +inf averages)
     thr[2] = y[0, 2, 0, 0]  # exactly at an average: undecided, but exercised
-    model = onnx_export.avg_pool_binarize_model(pool, thr, x.shape)
-    onnx_export.check_onnx(model)
+    model = deploy_onnx.single_node_model(deploy_onnx.AVG_POOL_BINARIZE, x.shape, {"threshold": thr},
+                                          deploy_onnx.layer_attrs(pool))
+    deploy_onnx.check_onnx(model)
     assert [f.name for f in model.functions] == ["Binarize", "AvgPoolBinarize"]
     want = avg_pool_binarize(x, thr, **_pool_kwargs(pool))
-    _, ho, wo = onnx_export.layer_shapes(ir.DeployModel("op", [pool], input_shape=(c, h, w)))[-1]
+    _, ho, wo = ir.node_shapes(ir.DeployModel.from_layers("op", [pool], input_shape=(c, h, w)))[-1]
     assert want.shape == (3, (c + 31) // 32, ho, wo) == (3, (c + 31) // 32, *y.shape[2:])
     decided = _avg_decided(x, pool, thr)
     assert decided.mean() > 0.97 and np.isnan(y).any() and np.isposinf(y).any() and np.isneginf(y).any()
@@ -842,13 +859,15 @@ def test_avg_pool_binarize_library_refuses_other_averages():
     """The library implements count_include_pad=1 and ceil_mode=0 only, and says so."""
     make = _library_session_factory("AvgPoolBinarize")
     pool = ir.AvgPool((2, 2), (2, 2))
+    op, thr = deploy_onnx.AVG_POOL_BINARIZE, {"threshold": np.zeros(4, np.float32)}
+    attrs = deploy_onnx.layer_attrs(pool)
     for name, value in (("count_include_pad", 0), ("ceil_mode", 1)):
-        m = onnx_export.avg_pool_binarize_model(pool, np.zeros(4, np.float32), (1, 4, 6, 6))
+        m = deploy_onnx.single_node_model(op, (1, 4, 6, 6), thr, attrs)
         m.graph.node[0].attribute.append(onnx.helper.make_attribute(name, value))
         del m.functions[:]  # the library's kernel or nothing
         with pytest.raises(Exception, match=name):
             make(m)
-    m = onnx_export.avg_pool_binarize_model(pool, np.zeros(4, np.float32), (1, 4, 6, 6))
+    m = deploy_onnx.single_node_model(op, (1, 4, 6, 6), thr, attrs)
     m.graph.node[0].attribute.append(onnx.helper.make_attribute("count_include_pad", 1))  # the default
     del m.functions[:]
     assert make(m).run(None, {"X": np.ones((1, 4, 6, 6), np.float32)})[0].ravel().tolist() == [15] * 9
@@ -884,27 +903,27 @@ def test_avg_pool_binarize_fusion_rules():
     }
     x = rng.standard_normal((4, 4, 6, 6)).astype(np.float32)
     for name, (layers, sequence, fused) in cases.items():
-        model = ir.DeployModel("toy", layers, input_shape=(4, 6, 6))
-        m = onnx_export.build_onnx(model, "packed-bits")
-        onnx_export.check_onnx(m)
+        model = ir.DeployModel.from_layers("toy", layers, input_shape=(4, 6, 6))
+        m = deploy_onnx.build_onnx(model, "packed-bits")
+        deploy_onnx.check_onnx(m)
         assert [n.op_type for n in m.graph.node] == sequence, name
-        assert onnx_export.avg_pool_binarize_links(model) == fused, name
+        assert bit_links(model, ir.AvgPool) == fused, name
         got = session(m, optimize=False).run(None, {"input": x})[0]
-        want = session(onnx_export.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
+        want = session(deploy_onnx.build_onnx(model, "packed"), optimize=False).run(None, {"input": x})[0]
         if fused:  # AvgPoolBinarize may round its sums differently (not promised bit for bit)
             np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         else:
             np.testing.assert_array_equal(got, want)
     # a padding that reaches a whole window (pads >= kernel): AveragePool + Binarize
-    wide = ir.DeployModel("toy", [ir.AvgPool((2, 2), (1, 1), (0, 2, 0, 0)), binary(4, 40), binary(40, 10),
+    wide = ir.DeployModel.from_layers("toy", [ir.AvgPool((2, 2), (1, 1), (0, 2, 0, 0)), binary(4, 40), binary(40, 10),
                                   ir.Flatten()], input_shape=(4, 6, 6))
-    assert onnx_export.avg_pool_binarize_links(wide) == {} and onnx_export.bit_links(wide) == {1: 2}
-    m = onnx_export.build_onnx(wide, "packed-bits")
+    assert bit_links(wide, ir.AvgPool) == {} and bit_links(wide) == {1: 2}
+    m = deploy_onnx.build_onnx(wide, "packed-bits")
     assert [n.op_type for n in m.graph.node] == ["AveragePool", "Binarize", "XnorConv2dBitsBinarize",
                                                  "XnorConv2dBits", "Flatten"]
     # the packed form has no bit ops to fuse into
-    assert "AvgPoolBinarize" not in {n.op_type for n in onnx_export.build_onnx(model, "packed").graph.node}
+    assert "AvgPoolBinarize" not in {n.op_type for n in deploy_onnx.build_onnx(model, "packed").graph.node}
 
 
 @pytest.fixture(scope="module")
@@ -928,7 +947,7 @@ def _packed_bits_vs_packed(deploy, make_session, x):
     k = next(i for i, layer in enumerate(deploy.layers) if isinstance(layer, ir.AvgPool))
     pool, reader = deploy.layers[k], deploy.layers[k + 1]
     assert isinstance(reader, ir.BinaryConv)
-    bits_model, packed_model = onnx_export.build_onnx(deploy, "packed-bits"), onnx_export.build_onnx(deploy, "packed")
+    bits_model, packed_model = deploy_onnx.build_onnx(deploy, "packed-bits"), deploy_onnx.build_onnx(deploy, "packed")
     fused, relu = bits_model.graph.node[0], packed_model.graph.node[1]
     assert fused.op_type == "ConvBinarize" and relu.op_type == "Relu"
     avg_bits = next(n for n in bits_model.graph.node if n.op_type == "AvgPoolBinarize")
@@ -993,8 +1012,8 @@ def test_packed_bits_matches_packed_on_stock_ort(calibrated_nin):
     assert differ.mean() <= 0.05
     np.testing.assert_array_equal(logits_bits.argmax(1), logits_packed.argmax(1))
     assert np.median(np.abs(logits_bits - logits_packed)) <= 1e-6
-    bits = session(onnx_export.build_onnx(calibrated_nin, "packed-bits"), optimize=False)
-    packed = session(onnx_export.build_onnx(calibrated_nin, "packed"), optimize=False)
+    bits = session(deploy_onnx.build_onnx(calibrated_nin, "packed-bits"), optimize=False)
+    packed = session(deploy_onnx.build_onnx(calibrated_nin, "packed"), optimize=False)
     for n in (1, 5):  # batch sizes other than the probe's
         np.testing.assert_array_equal(bits.run(None, {"input": x[:n]})[0].argmax(1),
                                       packed.run(None, {"input": x[:n]})[0].argmax(1))
@@ -1016,7 +1035,7 @@ def test_ort_engine_runs_packed_bits_through_function_bodies(small_models, tmp_p
     from xnorpipe.runtime.ort_engine import OrtEngine
 
     _, deploy = small_models["nin_xnornet"]
-    files = {f.form: f for f in onnx_export.export(deploy, ["packed", "packed-bits"], tmp_path)}
+    files = {f.form: f for f in deploy_onnx.export(deploy, ["packed", "packed-bits"], tmp_path)}
     assert files["packed-bits"].custom_nodes == 7 and files["packed-bits"].bit_nodes == 3
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     bits = OrtEngine(onnx_path=str(files["packed-bits"].path), threads=1, optimization="none")
@@ -1048,7 +1067,7 @@ def test_ort_xnor_engine_forms_and_library_check(small_models, monkeypatch):
     assert packed.describe()["form"] == "packed" and packed.describe()["xnor_nodes"] == 7
     with pytest.raises(XnorpipeError, match="packed or packed-bits"):
         ort_engine.OrtXnorEngine(model=deploy, form="portable")
-    ops = onnx_export.CONV_OPS + onnx_export.BIT_OPS
+    ops = deploy_onnx.CONV_OPS + deploy_onnx.BIT_OPS
     if all(ort_engine._library_implements(packed.library, op) for op in ops):
         bits = ort_engine.OrtXnorEngine(model=deploy, threads=1)
         assert bits.describe()["form"] == "packed-bits"

@@ -108,7 +108,7 @@ def test_whole_model_in_the_interpreter(arch, form):
     output channel-shuffled (shuffle_output: the fold moved the shuffles into the layers), two
     of them with 16 channels a group (two groups to a word)."""
     from xnorpipe.deploy.module import DeployModule
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.gpu.onnx_runner import OnnxRunner
 
     source, ir = _model(arch)
@@ -141,7 +141,7 @@ def test_whole_model_in_the_interpreter(arch, form):
 
 def test_portable_form_and_kernel_free_models():
     """A portable model has no xnorpipe node: the runner needs no kernel set for it."""
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.gpu.onnx_runner import OnnxRunner
 
     proto = build_onnx(_model("nin_gc_xnornet")[1], "portable")  # Reshape/Transpose/Where/... too
@@ -152,7 +152,7 @@ def test_portable_form_and_kernel_free_models():
 
 
 def _packed_bits_proto():
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
 
     return build_onnx(_model("nin_xnornet")[1], "packed-bits")
 
@@ -241,3 +241,42 @@ def test_engine_on_the_cpu_interpreter():
     assert np.median(np.abs(y - want)) <= 1e-4
     with pytest.raises(XnorpipeError, match="CUDA GPU only"):
         engine_class("torch-xnor")(model=ir, device="cpu", gpu_kernels="cuda")
+
+
+@pytest.mark.parametrize("form", ["packed", "packed-bits"])
+def test_residual_model_in_the_interpreter(form):
+    """A graph that is not a chain: Bi-Real-Net-18 (CIFAR stem, width 8: small enough for the
+    interpreter), where each unit's input feeds its binary conv and its residual Add, ending in a
+    whole-map AveragePool, Flatten and a Gemm head; binary nodes bit-exact, logits as the deploy
+    module's and stock ORT's."""
+    from xnorpipe.deploy.fold import fold_model
+    from xnorpipe.deploy.module import DeployModule
+    from xnorpipe.deploy.onnx import build_onnx
+    from xnorpipe.gpu.onnx_runner import OnnxRunner
+    from xnorpipe.models import build_model, get_model_spec
+    from xnorpipe.sources import calibrate_batchnorm, synthetic_calibration_images
+
+    arch = "birealnet18_cifar"
+    torch.manual_seed(0)
+    source = build_model(arch, width=8)
+    calibrate_batchnorm(source, synthetic_calibration_images(n=32), image_size=get_model_spec(arch).image_size)
+    ir = fold_model(source.eval(), arch=arch, input_shape=get_model_spec(arch).input_shape)
+    proto = build_onnx(ir, form)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Add", "Gemm", "AveragePool", "Flatten"} <= ops
+    readers: dict[str, int] = {}
+    for n in proto.graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    assert max(readers.values()) >= 2  # a tensor feeds two nodes
+    runner = OnnxRunner(proto, device="cpu")
+    x = _inputs(3)
+    values = runner.trace(x)
+    y = values[runner.output_name].numpy()
+    assert _check_binary_nodes(proto, values) == sum(n.domain == "xnorpipe" for n in proto.graph.node) >= 16
+    with torch.inference_mode():
+        oracle = DeployModule(ir)(x).numpy()
+    assert_outputs_depend_on_input(y)
+    for other in (oracle, _ort(proto, x)):
+        assert (y.argmax(1) == other.argmax(1)).all()
+        assert np.abs(y - other).max() <= 1e-4

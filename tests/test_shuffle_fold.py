@@ -13,13 +13,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_outputs_depend_on_input, require_ort_library
+from conftest import assert_outputs_depend_on_input, binary_conv_inputs, bit_links, require_ort_library
 
-from xnorpipe.deploy import ir, onnx_export
+from xnorpipe.deploy import ir
+from xnorpipe.deploy import onnx as deploy_onnx
 from xnorpipe.deploy.fold import fold_model, fold_shuffles
 from xnorpipe.deploy.module import DeployModule
 from xnorpipe.deploy.packing import pack_weights
-from xnorpipe.models.nin import ChannelShuffle
+from xnorpipe.nn import ChannelShuffle
 from xnorpipe.sources import load_source_model
 
 ARCH = "nin_gc_xnornet"
@@ -77,7 +78,7 @@ def _toy_cases(rng):
 def test_fold_shuffles_moves_each_shuffle_where_it_is_exact(case):
     rng = np.random.default_rng(3)
     layers, where, exact = _toy_cases(rng)[case]
-    model = ir.DeployModel("toy", layers, input_shape=(8, 6, 6))
+    model = ir.DeployModel.from_layers("toy", layers, input_shape=(8, 6, 6))
     folded = fold_shuffles(model)
     shuffles = [layer for layer in folded.layers if isinstance(layer, ir.ChannelShuffle)]
     assert len(shuffles) == (1 if where == "kept" else 0)
@@ -94,8 +95,8 @@ def test_fold_shuffles_moves_each_shuffle_where_it_is_exact(case):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # every form computes the folded model as the unfolded one (stock ORT, function bodies)
     for form in ("portable", "packed-bits") if any(isinstance(a, ir.BinaryConv) for a in layers) else ("portable",):
-        m = onnx_export.build_onnx(folded, form)
-        onnx_export.check_onnx(m)
+        m = deploy_onnx.build_onnx(folded, form)
+        deploy_onnx.check_onnx(m)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         y = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
@@ -160,9 +161,9 @@ def test_nin_gc_widths_and_the_bit_link_rule(nin_gc):
     binary = [(i, layer) for i, layer in enumerate(folded.layers) if isinstance(layer, ir.BinaryConv)]
     per_group = [layer.in_channels // layer.group for _, layer in binary]
     assert per_group == [128, 128, 16, 128, 128, 16, 128]
-    links = onnx_export.bit_links(folded)
-    readers = set(links.values()) | set(onnx_export.conv_binarize_links(folded).values()) | \
-        set(onnx_export.avg_pool_binarize_links(folded).values())
+    links = bit_links(folded)
+    readers = set(links.values()) | set(bit_links(folded, ir.FloatConv).values()) | \
+        set(bit_links(folded, ir.AvgPool).values())
     assert readers == {i for i, _ in binary}
 
 
@@ -172,19 +173,19 @@ def _node_counts(m: onnx.ModelProto) -> dict[str, int]:
 
 def test_nin_gc_packed_bits_graph_has_no_shuffle_and_reads_bits(nin_gc):
     folded, plain = nin_gc
-    m = onnx_export.build_onnx(folded, "packed-bits")
-    onnx_export.check_onnx(m)
+    m = deploy_onnx.build_onnx(folded, "packed-bits")
+    deploy_onnx.check_onnx(m)
     assert _node_counts(m) == {"ConvBinarize": 1, "XnorConv2dBitsBinarize": 5, "XnorConv2dBits": 2, "BitMaxPool": 1,
                                "AvgPoolBinarize": 1, "Conv": 1, "Relu": 1, "AveragePool": 1, "Flatten": 1}
     shuffles = [onnx.helper.get_attribute_value(a) for n in m.graph.node if n.op_type.startswith("XnorConv2d")
                 for a in n.attribute if a.name == "shuffle_output"]
     assert shuffles == [1] * 7
     # without the pass: a Reshape/Transpose/Reshape between every two binary layers, floats between
-    before = _node_counts(onnx_export.build_onnx(plain, "packed-bits"))
+    before = _node_counts(deploy_onnx.build_onnx(plain, "packed-bits"))
     assert before["Transpose"] == 7 and before["XnorConv2d"] == 6 and before.get("XnorConv2dBitsBinarize", 0) == 0
     # the packed and portable forms keep their graphs: the shuffle is emitted after the layer
     for form in ("packed", "portable"):
-        assert _node_counts(onnx_export.build_onnx(folded, form)) == _node_counts(onnx_export.build_onnx(plain, form))
+        assert _node_counts(deploy_onnx.build_onnx(folded, form)) == _node_counts(deploy_onnx.build_onnx(plain, form))
 
 
 def _session(m: onnx.ModelProto, library: str | None, threads: int = 1) -> ort.InferenceSession:
@@ -203,7 +204,7 @@ def test_nin_gc_packed_bits_library_and_function_bodies_agree(nin_gc, images):
     (ConvBinarize, AvgPoolBinarize) may round differently from PyTorch: within the contract."""
     library = require_ort_library()
     folded, plain = nin_gc
-    m = onnx_export.build_onnx(folded, "packed-bits")
+    m = deploy_onnx.build_onnx(folded, "packed-bits")
     with torch.no_grad():
         want = DeployModule(plain)(torch.from_numpy(images)).numpy()
     bodies = _session(m, None).run(None, {"input": images})[0]
@@ -220,7 +221,9 @@ def test_library_refuses_a_bad_shuffle_output():
     rng = np.random.default_rng(0)
     layer = _binary(rng, 64, 32, g=2)
     for value, message in ((2, "shuffle_output must be 0 or 1"), (1.0, "must be an int")):
-        m = onnx_export.xnor_conv_bits_model(layer, (1, 64, 4, 4))
+        m = deploy_onnx.single_node_model(deploy_onnx.CONV_BITS, (1, 2, 4, 4),
+                                          binary_conv_inputs(layer, reads_bits=True),
+                                          deploy_onnx.layer_attrs(layer, reads_bits=True))
         node = m.graph.node[0]
         node.attribute.append(onnx.helper.make_attribute("shuffle_output", value))
         del m.functions[:]

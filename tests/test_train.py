@@ -14,6 +14,7 @@ from conftest import ROOT
 
 from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from xnorpipe.cli import cli
+from xnorpipe.models import build_model
 from xnorpipe.train import TrainingInterrupted, TrainOptions, train
 
 SMALL_CFG = "16,16,16,32,32,32,32,32"
@@ -78,7 +79,7 @@ def test_short_training_on_real_cifar_beats_chance(cifar_tarball, tmp_path):
     assert best > 25.0, log  # chance is 10 %
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     ckpt = load_checkpoint(checkpoint_path("nin", out, best=True), arch="nin")
-    assert ckpt.best_acc1 == pytest.approx(best) and ckpt.cfg == [32, 32, 32, 64, 64, 64, 64, 64]
+    assert ckpt.best_acc1 == pytest.approx(best) and ckpt.model_kwargs == {"cfg": [32, 32, 32, 64, 64, 64, 64, 64]}
     assert (out / "cifar10_nin_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # eval of the best checkpoint reproduces the logged test top-1 on the same 1000 images
@@ -238,6 +239,12 @@ def test_resume_errors(train_tree, tmp_path):
     r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", out, "--resume",
                "--lr", 0.5)
     assert_one_line_error(r, "--lr 0.5 differs")
+    r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", out, "--resume",
+               "--cfg", "8,8,8,8,8,8,8,8")
+    assert_one_line_error(r, "--resume: --cfg [8, 8, 8, 8, 8, 8, 8, 8] differs from the checkpoint's [16, 16, 16,")
+    r = invoke("train", "--arch", "nin", "--data", train_tree.path, "--out", out, "--resume",
+               "--model-arg", "groups=1,1,1,1,1,1,1,1,1")
+    assert_one_line_error(r, "--model-arg groups [1, 1, 1, 1, 1, 1, 1, 1, 1] differs from the checkpoint's default")
 
     truncated = tmp_path / "truncated.pth.tar"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
@@ -320,3 +327,90 @@ def test_time_limit_stops_at_an_epoch_boundary_and_resume_finishes(train_tree, t
 def test_time_limit_must_be_positive(train_tree, tmp_path):
     r = invoke(*train_args(train_tree.path, tmp_path / "o", "nin", 1, "--time-limit", 0))
     assert_one_line_error(r, "--time-limit must be positive")
+
+
+# ------------------------------------------------- model arguments, old checkpoints
+
+
+TAKES = "birealnet18_cifar takes num_classes, width, scaling"
+
+
+@pytest.mark.parametrize("arch, extra, match", [
+    ("birealnet18_cifar", ["--cfg", SMALL_CFG], f"--cfg is for the NIN archs; {TAKES}"),
+    ("birealnet18_cifar", ["--groups", "1,1"], "--groups is for the NIN archs"),
+    ("birealnet18_cifar", ["--model-arg", "depth=3"], f"--model-arg depth: {TAKES}"),
+    ("birealnet18_cifar", ["--model-arg", "width=-4"], "width must be an integer in 1..4096, got -4"),
+    ("birealnet18_cifar", ["--model-arg", "scaling=sign"], "scaling must be one of xnor, none, got 'sign'"),
+    ("birealnet18_cifar", ["--model-arg", "num_classes=7"], "10 classes, the model has 7"),
+    ("birealnet18_cifar", ["--model-arg", "=3"], "--model-arg wants KEY=VALUE"),
+    ("nin", ["--model-arg", "cfg=16,16"], "NIN needs 8 cfg widths"),
+    ("nin", ["--model-arg", f"cfg={SMALL_CFG}", "--cfg", SMALL_CFG], "--cfg and --model-arg cfg both given"),
+])
+def test_impossible_model_arguments(train_tree, tmp_path, arch, extra, match):
+    out = tmp_path / "o"
+    r = invoke("train", "--arch", arch, "--data", train_tree.path, "--out", out, "-q", *extra)
+    assert_one_line_error(r, match)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def old_format(state: dict, cfg, groups) -> dict:
+    """A checkpoint as written before model_kwargs existed: NIN's cfg and groups instead."""
+    state = {k: v for k, v in state.items() if k != "model_kwargs"}
+    state.update(cfg=list(cfg), groups=list(groups))
+    if "recipe" in state:
+        recipe = {k: v for k, v in state["recipe"].items() if k != "model_kwargs"}
+        state["recipe"] = {**recipe, "cfg": list(cfg), "groups": list(groups)}
+    return state
+
+
+def test_old_checkpoint_without_model_kwargs_loads(tmp_path):
+    torch.manual_seed(0)
+    cfg, groups = [16, 16, 16, 32, 32, 32, 32, 32], [1, 2, 2, 2, 2, 2, 2, 2, 1]
+    model = build_model("nin_gc_xnornet", cfg, groups).eval()
+    path = tmp_path / "old.pth.tar"
+    save_checkpoint(path, {"arch": "nin_gc_xnornet", "cfg": cfg, "groups": groups, "epoch": 4,
+                           "best_acc1": 12.5, "model": model.state_dict()})
+    ckpt = load_checkpoint(path, arch="nin_gc_xnornet")
+    assert ckpt.model_kwargs == {"cfg": cfg, "groups": groups} and ckpt.epoch == 4
+    loaded = ckpt.build_model()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    r = invoke("info", "--checkpoint", path, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["cfg"] == cfg and d["groups"] == groups and d["model_kwargs"] == {"cfg": cfg, "groups": groups}
+
+
+def test_resume_from_an_old_format_checkpoint_equals_uninterrupted(train_tree, tmp_path, straight_run):
+    out = tmp_path / "old"
+    r = invoke(*train_args(train_tree.path, out, "nin", 3, "--time-limit", 1e-6))
+    assert r.exit_code == 0 and "stopped after epoch 1 of 3" in r.stderr, r.output
+    path = checkpoint_path("nin", out)
+    new = load_checkpoint(path).state
+    save_checkpoint(path, old_format(new, [int(c) for c in SMALL_CFG.split(",")], [1] * 9))
+    assert "model_kwargs" not in torch.load(path, weights_only=True)
+    resume_equals_straight(train_tree.path, out, straight_run, ("model", "optimizer", "scheduler", "best_acc1"))
+    assert load_checkpoint(path).model_kwargs == {"cfg": [int(c) for c in SMALL_CFG.split(",")], "groups": [1] * 9}
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"model_kwargs": "width=8"}, "model_kwargs is a str, not a dict"),
+    ({"model_kwargs": torch.ones(3)}, "model_kwargs is a Tensor, not a dict"),
+    ({"model_kwargs": {"width": torch.tensor(8)}}, "model_kwargs 'width' holds a Tensor"),
+    ({"model_kwargs": {"width": {"__reduce__": 1}}}, "model_kwargs 'width' holds a dict"),
+    ({"model_kwargs": {"cfg": list(range(100_000))}}, "list of 100000 items"),
+    ({"model_kwargs": {"width": 10 ** 12}}, "width must be an integer in 1..4096"),
+    ({"model_kwargs": {"width": 1024, "num_classes": 100_000}}, "parameters, over the limit"),
+    ({"model_kwargs": {"width": "8"}}, "width must be an integer in 1..4096, got '8'"),
+    ({"model_kwargs": {"__class__": 1}}, "unknown model argument '__class__'"),
+    ({"arch": "os.system"}, "unknown arch 'os.system'"),
+    ({"arch": 5}, "checkpoint field 'arch' is not a name"),
+    ({"cfg": "abc", "groups": None, "arch": "nin", "model_kwargs": None}, "model_kwargs is a NoneType"),
+])
+def test_hostile_model_kwargs_in_a_checkpoint(tmp_path, fields, match):
+    path = tmp_path / "hostile.pth.tar"
+    save_checkpoint(path, {"arch": "birealnet18_cifar", "epoch": 1, "best_acc1": 0.0, "model": {}, **fields})
+    r = invoke("info", "--checkpoint", path)
+    assert_one_line_error(r, match)
+    assert str(path) in r.stderr

@@ -65,31 +65,35 @@ def _float_conv(c, m, k, relu=True, seed=0):
 
 def every_op_ir():
     """A small model whose packed-bits form holds all seven xnorpipe ops (and XnorConv2d in
-    its packed form): Binarize after a float MaxPool, BitMaxPool, AvgPoolBinarize, ConvBinarize,
-    both bit-input convs."""
+    its packed form): Binarize after a float MaxPool (of a Clip, which writes no bits), BitMaxPool,
+    AvgPoolBinarize, ConvBinarize, both bit-input convs."""
     from xnorpipe.deploy import ir
 
-    layers = [_float_conv(3, 32, 3, seed=1), ir.MaxPool((2, 2), (2, 2)),
+    layers = [_float_conv(3, 32, 3, seed=1), ir.Clip(-1.0, 1.0), ir.MaxPool((2, 2), (2, 2)),
               _binary_layer(32, 32, 3, seed=2), _binary_layer(32, 40, 1, pads=(0,) * 4, seed=3),
               ir.MaxPool((3, 3), (1, 1), (1, 1, 1, 1)), _binary_layer(40, 48, 1, pads=(0,) * 4, seed=4),
               ir.AvgPool((3, 3), (1, 1), (1, 1, 1, 1)), _binary_layer(48, 16, 1, pads=(0,) * 4, seed=5),
               _float_conv(16, 32, 1, seed=6), _binary_layer(32, 24, 1, pads=(0,) * 4, seed=7),
               _float_conv(24, 10, 1, relu=False, seed=8), ir.AvgPool((4, 4), (4, 4)), ir.Flatten()]
-    return ir.DeployModel(arch="every_op", layers=layers, input_shape=(3, 8, 8))
+    return ir.DeployModel.from_layers(arch="every_op", layers=layers, input_shape=(3, 8, 8))
 
 
 @pytest.fixture
 def packed_onnx(tmp_path) -> Path:
-    from xnorpipe.deploy.onnx_export import xnor_conv_model
+    from conftest import binary_conv_inputs
+
+    from xnorpipe.deploy import onnx as deploy_onnx
 
     path = tmp_path / "op.onnx"
-    onnx.save(xnor_conv_model(_binary_layer(), (1, 8, 5, 5)), path)
+    layer = _binary_layer()
+    onnx.save(deploy_onnx.single_node_model(deploy_onnx.OP_NAME, (1, 8, 5, 5), binary_conv_inputs(layer),
+                                            deploy_onnx.layer_attrs(layer)), path)
     return path
 
 
 @pytest.fixture
 def packed_bits_onnx(tmp_path) -> Path:
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
 
     path = tmp_path / "bits.onnx"
     onnx.save(build_onnx(every_op_ir(), "packed-bits"), path)
@@ -289,12 +293,12 @@ def test_trt_abi_check_refuses_other_parameter_orders():
 
 
 def test_plugin_table_matches_the_contract_ops():
-    from xnorpipe.deploy import onnx_export
+    from xnorpipe.deploy import onnx as deploy_onnx
     from xnorpipe.gpu import trt_build
     from xnorpipe.gpu.trt_plugin import PLUGIN_ATTRS, PLUGIN_INPUTS
 
     # every op but the integer first layer (--first-layer int8, uint8 NHWC input), which is refused
-    ops = set(onnx_export.CONV_OPS) | set(onnx_export.BIT_OPS)
+    ops = set(deploy_onnx.CONV_OPS) | set(deploy_onnx.BIT_OPS)
     assert set(PLUGIN_ATTRS) | set(trt_build.SPLIT_OPS) == ops - {"ConvIntegerBinarize"}
     assert set(PLUGIN_INPUTS) == set(PLUGIN_ATTRS)
     if HAS_TRITON:
@@ -314,7 +318,7 @@ def _prepared(proto, gpu_kernels="triton"):
 
 
 def test_prepare_onnx_splits_fused_float_layers_and_orders_attributes():
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.gpu.trt_plugin import PLUGIN_ATTRS
 
     proto = build_onnx(every_op_ir(), "packed-bits")
@@ -391,7 +395,7 @@ def test_prepared_model_computes_what_the_export_computes(form):
     """prepare_onnx on stock ONNX Runtime (function bodies, and the custom-op library where it is
     built): the same logits, and every bit tensor the export and the prepared model share
     identical."""
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
 
     proto = build_onnx(every_op_ir(), form)
     prepared, _ = _prepared(proto)
@@ -411,7 +415,7 @@ def test_prepared_model_computes_what_the_export_computes(form):
 
 
 def test_check_plugin_ops():
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.gpu.trt_build import check_plugin_ops
 
     proto = build_onnx(every_op_ir(), "packed-bits")
@@ -419,10 +423,11 @@ def test_check_plugin_ops():
     with pytest.raises(XnorpipeError, match="XnorConv2d only.*--form packed"):
         check_plugin_ops(proto, "m.onnx", "cuda")
     check_plugin_ops(build_onnx(every_op_ir(), "packed"), "m.onnx", "cuda")
-    proto.graph.node[3].op_type = "XnorWarp"
+    custom = next(n for n in proto.graph.node if n.domain == "xnorpipe")
+    custom.op_type = "XnorWarp"
     with pytest.raises(XnorpipeError, match="no TensorRT plugin for xnorpipe::XnorWarp"):
         check_plugin_ops(proto, "m.onnx", "triton")
-    proto.graph.node[3].op_type = "ConvIntegerBinarize"
+    custom.op_type = "ConvIntegerBinarize"
     with pytest.raises(XnorpipeError, match="no TensorRT plugin for xnorpipe::ConvIntegerBinarize"):
         check_plugin_ops(proto, "m.onnx", "triton")
     # a folded channel shuffle is refused before TensorRT is imported
@@ -434,7 +439,7 @@ def test_check_plugin_ops():
 
 
 def test_prepare_onnx_refuses_foreign_attributes():
-    from xnorpipe.deploy.onnx_export import build_onnx
+    from xnorpipe.deploy.onnx import build_onnx
     from xnorpipe.gpu.trt_build import prepare_onnx
 
     proto = build_onnx(every_op_ir(), "packed-bits")
@@ -495,7 +500,7 @@ def test_trt_engine_errors(packed_onnx, packed_bits_onnx, tmp_path):
     from xnorpipe.runtime import engine_class
 
     cls = engine_class("trt")
-    assert cls.name == "trt" and cls.device == "cuda"
+    assert cls.name == "trt" and cls.devices == ("cuda",)
     with pytest.raises(XnorpipeError, match="--onnx"):
         cls(model=None, onnx_path=None)
     with pytest.raises(XnorpipeError, match="not found"):

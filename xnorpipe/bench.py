@@ -20,29 +20,6 @@ import torch
 
 from xnorpipe.errors import XnorpipeError
 
-# The ONNX form each engine runs when the bench exports the model itself. --xnor-form overrides
-# it for every engine of XNOR_ENGINES; --gpu-kernels cuda (the hand-written kernel implements
-# XnorConv2d only) makes the GPU engines' default the packed form.
-ENGINE_FORMS = {"ort": "portable", "ort-xnor": "packed-bits", "torch-xnor": "packed-bits", "trt": "packed"}
-XNOR_FORMS = ("packed", "packed-bits")
-XNOR_ENGINES = ("ort-xnor", "torch-xnor", "trt")
-GPU_KERNELS = ("triton", "cuda")  # --gpu-kernels: the kernels of torch-xnor and of trt's plugins
-CUDA_KERNEL_FORM = "packed"
-
-
-def engine_forms(xnor_form: str | None = None, gpu_kernels: str = "triton") -> dict[str, str]:
-    """engine -> the ONNX form it runs when the bench exports the model, for these options."""
-    if xnor_form is not None and xnor_form not in XNOR_FORMS:
-        raise XnorpipeError(f"unknown --xnor-form {xnor_form!r}; choose {' or '.join(XNOR_FORMS)}")
-    if gpu_kernels not in GPU_KERNELS:
-        raise XnorpipeError(f"unknown --gpu-kernels {gpu_kernels!r}; choose {' or '.join(GPU_KERNELS)}")
-    forms = dict(ENGINE_FORMS)
-    if gpu_kernels == "cuda":
-        forms.update({"torch-xnor": CUDA_KERNEL_FORM, "trt": CUDA_KERNEL_FORM})
-    if xnor_form is not None:
-        forms.update({e: xnor_form for e in XNOR_ENGINES})
-    return forms
-
 
 @dataclass
 class BenchSources:
@@ -51,24 +28,16 @@ class BenchSources:
     arch: str | None
     deploy: Any = None  # DeployModel, for PyTorch-based engines
     reference: torch.nn.Module | None = None  # training model (eval), for parity
-    onnx_paths: dict[str, str] = field(default_factory=dict)  # form -> file
+    input_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W of the (normalised float NCHW) input
+    engine_files: dict[str, str] = field(default_factory=dict)  # engine -> the ONNX file bench built for it
+    engine_forms: dict[str, str] = field(default_factory=dict)  # engine -> the form of that file
     given_onnx: str | None = None  # --onnx: every ONNX engine runs this file
+    options: dict[str, Any] = field(default_factory=dict)  # the engine options' values (xnorpipe.runtime)
     notes: list[str] = field(default_factory=list)
-    engine_forms: dict[str, str] = field(default_factory=lambda: dict(ENGINE_FORMS))
     _tmp: Any = None  # keeps the temporary export folder alive
 
     def onnx_for(self, engine: str) -> str | None:
-        if self.given_onnx is not None:
-            return self.given_onnx
-        form = self.engine_forms.get(engine)
-        if form is None:
-            return None
-        if form != "portable" and form not in self.onnx_paths:
-            if engine == "ort-xnor":
-                raise XnorpipeError(f"engine ort-xnor needs a {form} model, and {self.arch} is a float "
-                                    "arch with none: use --engine ort")
-            return self.onnx_paths.get("portable")
-        return self.onnx_paths.get(form)
+        return self.given_onnx if self.given_onnx is not None else self.engine_files.get(engine)
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -76,16 +45,62 @@ class BenchSources:
             self._tmp = None
 
 
+def engine_forms(engines: Sequence[str], options: dict[str, Any] | None = None) -> dict[str, str]:
+    """engine -> the ONNX form it runs when the bench exports the model, for these option values
+    (engines that run the DeployModel itself have none)."""
+    from xnorpipe.runtime import engine_class, resolve_options
+
+    values = resolve_options(options)
+    forms = {name: engine_class(name).form_for(values) for name in engines}
+    return {name: form for name, form in forms.items() if form is not None}
+
+
+def _fold(reference: torch.nn.Module, arch: str, metadata: dict[str, str] | None = None):
+    """The DeployModel of `reference`, traced on its arch's input shape."""
+    from xnorpipe.deploy.fold import fold_model
+    from xnorpipe.models import get_model_spec
+
+    return fold_model(reference, arch=arch, input_shape=get_model_spec(arch).input_shape, metadata=metadata)
+
+
+MAX_IMAGE_VALUES = 1 << 26  # C * H * W of an ONNX file's input: a hostile size is refused, not allocated
+
+
+def onnx_input_shape(model, source: str) -> tuple[int, int, int]:
+    """(C, H, W) of an ONNX model's image input, as the normalised float NCHW batch every engine
+    takes: a float input is [N, C, H, W], a uint8 one (the integer first layer) [N, H, W, C]."""
+    from onnx import TensorProto
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise XnorpipeError(f"{source}: expected one graph input, found {len(inputs)}")
+    tensor = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+    if len(dims) == 4:
+        chw = (dims[3], dims[1], dims[2]) if tensor.elem_type == TensorProto.UINT8 else tuple(dims[1:])
+        if min(chw) > 0 and math.prod(chw) <= MAX_IMAGE_VALUES:
+            return chw
+    shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    raise XnorpipeError(f"{source}: input {inputs[0].name!r} has shape {shown}; bench needs a 4-D image input "
+                        f"with fixed channels, height and width, at most {MAX_IMAGE_VALUES} values an image")
+
+
 def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list[str], data: str | None = None):
     """The training model behind an ONNX file: --checkpoint, its random init (seed and BatchNorm
     calibration: synthetic, or the first training images of `data`), or the default checkpoint."""
     from xnorpipe import sources
     from xnorpipe.checkpoint import default_checkpoint
+    from xnorpipe.models import model_names
 
     arch = meta.get("xnorpipe.arch")
     if not arch:
         notes.append("the ONNX file has no xnorpipe.arch metadata: parity and the torch engine are skipped")
         return None, None
+    if arch not in model_names():
+        notes.append(f"the ONNX file's arch {arch!r} is not one this xnorpipe builds: parity and the torch "
+                     "engine are skipped")
+        return arch, None
     if checkpoint is None and meta.get("xnorpipe.random_init") == "true":
         calibration = meta.get("xnorpipe.random_calibration", "")
         if meta.get("xnorpipe.random_seed") != str(sources.RANDOM_INIT_SEED) or not (
@@ -116,87 +131,121 @@ def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list
     return arch, model
 
 
+def _float_arch_alternatives(name: str) -> str:
+    """The engines that run a float arch where engine `name` is meant to run."""
+    from xnorpipe.runtime import ENGINES
+
+    device = ENGINES[name].devices[0]
+    return " or ".join(n for n, cls in ENGINES.items()
+                       if (cls.source == "deploy" or "portable" in cls.forms) and device in cls.devices)
+
+
+def _check_first_layer(engines: Sequence[str], forms: dict[str, str]) -> list[str]:
+    """The engines that run the integer first layer (--first-layer int8), or a one-line error
+    when an engine of `engines` would run a binary form without it."""
+    from xnorpipe.runtime import FIRST_LAYER, engine_class, engines_with
+
+    takers = [n for n in engines_with(FIRST_LAYER, engines) if forms[n] in engine_class(n).first_layer_forms]
+    others = [n for n in engines if n in forms and forms[n] != "portable" and n not in takers]
+    if not takers or others:
+        able = engines_with(FIRST_LAYER)
+        able_forms = dict.fromkeys(f for n in able for f in engine_class(n).first_layer_forms)
+        raise XnorpipeError(f"--first-layer int8 runs on {' or '.join(able)} with the {' or '.join(able_forms)} "
+                            "form only")
+    return takers
+
+
 def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                     onnx_path: str | None = None, random_init: bool = False,
-                    engines: Sequence[str] = (), xnor_form: str | None = None,
-                    gpu_kernels: str = "triton", data: str | None = None,
-                    first_layer: str = "float") -> BenchSources:
+                    engines: Sequence[str] = (), data: str | None = None, **options: Any) -> BenchSources:
     """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference.
 
-    `data` (--data) calibrates a --random-init model's BatchNorm, as `xnorpipe export` does, and
-    rebuilds the reference of an --onnx random-init export calibrated on it.
+    `options`: the engine options' values by name (xnorpipe.runtime.engine_options: xnor_form,
+    gpu_kernels, first_layer, ...; defaults for the others). With --arch, each ONNX engine runs
+    the form it declares for them (`Engine.form_for`), exported here to a temporary folder;
+    first_layer int8 gives the engines that declare it their form with the integer first layer,
+    calibrated on `data`'s first training images (else synthetic ones).
 
-    `xnor_form` and `gpu_kernels` pick the forms the xnor engines run when the bench exports
-    (`engine_forms`). `first_layer` int8: ort-xnor runs its packed-bits form with the integer first
-    layer, calibrated on `data`'s first training images (else synthetic ones)."""
-    from xnorpipe.deploy import onnx_export
-    from xnorpipe.deploy.fold import fold_model
+    `data` (--data) also calibrates a --random-init model's BatchNorm, as `xnorpipe export` does,
+    and rebuilds the reference of an --onnx random-init export calibrated on it."""
+    from xnorpipe.deploy import onnx as deploy_onnx
+    from xnorpipe.runtime import FIRST_LAYER, engine_options, engines_with, resolve_options
     from xnorpipe.sources import load_source_model
 
     if (arch is None) == (onnx_path is None):
         raise XnorpipeError("give exactly one of --arch or --onnx")
-    forms = engine_forms(xnor_form, gpu_kernels)
+    values = resolve_options(options)
     if onnx_path is not None:
         if random_init:
             raise XnorpipeError("--random-init applies to --arch, not to --onnx")
-        # metadata only: each engine loads the file itself, and the custom-op engines run it
-        # without function bodies too
-        meta = onnx_export.model_metadata(onnx_export.load_onnx(onnx_path, custom_op_library=True))
+        # metadata and input only: each engine loads the file itself, and the custom-op engines run
+        # it without function bodies too
+        proto = deploy_onnx.load_onnx(onnx_path, custom_op_library=True)
+        meta = deploy_onnx.model_metadata(proto)
+        input_shape = onnx_input_shape(proto, str(onnx_path))
         notes: list[str] = []
-        if first_layer != "float":
-            notes.append("--first-layer applies to --arch: the file runs with its own first layer")
-        xnor = [e for e in engines if e in XNOR_ENGINES]
-        if xnor_form is not None and xnor:
-            notes.append(f"--xnor-form applies to --arch: {', '.join(xnor)} run {Path(onnx_path).name} "
-                         f"({meta.get('xnorpipe.form', 'form unknown')})")
+        for opt in engine_options():
+            takers = engines_with(opt, engines)
+            if opt.selects_model and values[opt.param] != opt.default and takers:
+                notes.append(f"{opt.flag} applies to --arch: {', '.join(takers)} run {Path(onnx_path).name} "
+                             f"({meta.get('xnorpipe.form', 'form unknown')})")
         arch, reference = _rebuild_reference(meta, checkpoint, notes, data)
-        deploy = fold_model(reference, arch=arch) if reference is not None else None
-        return BenchSources(arch=arch, deploy=deploy, reference=reference, given_onnx=str(onnx_path),
-                            notes=notes)
+        deploy = _fold(reference, arch) if reference is not None else None
+        if deploy is not None and tuple(deploy.input_shape) != input_shape:
+            raise XnorpipeError(f"{onnx_path} takes {list(input_shape)} images, but its arch {arch} takes "
+                                f"{list(deploy.input_shape)}")
+        return BenchSources(arch=arch, deploy=deploy, reference=reference, input_shape=input_shape,
+                            given_onnx=str(onnx_path), options=values, notes=notes)
     reference, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
-    deploy = fold_model(reference, arch=arch, metadata=metadata)
-    sources = BenchSources(arch=arch, deploy=deploy, reference=reference)
-    sources.engine_forms = forms
-    wanted = {sources.engine_forms[e] for e in engines if e in sources.engine_forms}
-    if not onnx_export.has_binary_layers(deploy) and wanted - {"portable"}:
-        wanted = {"portable"}
-    integer = None
-    if first_layer == "int8":  # the integer first layer: ort-xnor's packed-bits model only
-        others = [e for e in engines if e in XNOR_ENGINES and e != "ort-xnor"]
-        if "ort-xnor" not in engines or others or forms["ort-xnor"] != "packed-bits":
-            raise XnorpipeError("--first-layer int8 runs on ort-xnor with the packed-bits form only")
-        from xnorpipe.deploy.first_layer import calibrated_first_layer
+    deploy = _fold(reference, arch, metadata)
+    sources = BenchSources(arch=arch, deploy=deploy, reference=reference, input_shape=tuple(deploy.input_shape),
+                           options=values)
+    forms = engine_forms(engines, values)
+    if not deploy_onnx.has_binary_layers(deploy):
+        from xnorpipe.runtime import engine_class
 
-        integer = calibrated_first_layer(deploy, data)
-        wanted.discard("packed-bits")
-    if wanted or integer is not None:
+        for name, form in forms.items():
+            if form != "portable":
+                cls = engine_class(name)
+                if "portable" not in cls.forms:
+                    raise XnorpipeError(f"engine {name} needs a {form} model, and {arch} is a float arch with "
+                                        f"none: use --engine {_float_arch_alternatives(name)}")
+                forms[name] = "portable"
+    integer = set()
+    if values[FIRST_LAYER.param] != FIRST_LAYER.default:
+        integer = set(_check_first_layer(engines, forms))
+    sources.engine_forms = forms
+    if forms:
         sources._tmp = tempfile.TemporaryDirectory(prefix="xnorpipe-bench-")
-        for f in onnx_export.export(deploy, sorted(wanted), sources._tmp.name) if wanted else ():
-            sources.onnx_paths[f.form] = str(f.path)
-        if integer is not None:
-            (f,) = onnx_export.export(deploy, ["packed-bits"], sources._tmp.name, first_layer=integer)
-            sources.onnx_paths["packed-bits"] = str(f.path)
+        float_forms = sorted({f for n, f in forms.items() if n not in integer})
+        files = {f.form: str(f.path) for f in deploy_onnx.export(deploy, float_forms, sources._tmp.name)} \
+            if float_forms else {}
+        int8_files = {}
+        if integer:
+            from xnorpipe.deploy.first_layer import calibrated_first_layer
+
+            layer = calibrated_first_layer(deploy, data)
+            int8_forms = sorted({forms[n] for n in integer})
+            int8_files = {f.form: str(f.path) for f in deploy_onnx.export(deploy, int8_forms, sources._tmp.name,
+                                                                           first_layer=layer)}
+        sources.engine_files = {n: (int8_files if n in integer else files)[f] for n, f in forms.items()}
     return sources
 
 
-def create_engine(name: str, sources: BenchSources, *, threads: int | None, batch_size: int,
-                  device: str = "cpu", gpu_kernels: str = "triton", cuda_graphs: bool = True):
-    """Engine `name` on `sources`; `device` reaches torch and torch-xnor, `gpu_kernels` the GPU
-    engines, `cuda_graphs` torch-xnor."""
-    from xnorpipe.runtime import engine_class
+def create_engine(name: str, sources: BenchSources, *, threads: int | None, batch_size: int, **options: Any):
+    """Engine `name` on `sources`, with the engine options it declares (`options` over the values
+    `sources` was prepared with; those that select the model cannot change here)."""
+    from xnorpipe.runtime import engine_class, engine_kwargs, engine_options, resolve_options
 
-    cls = engine_class(name)
-    kwargs: dict[str, Any] = {"model": sources.deploy, "onnx_path": sources.onnx_for(name),
-                              "threads": threads, "batch_size": batch_size}
-    if name in ("torch", "torch-xnor"):
-        kwargs["device"] = device
-    if name in ("torch-xnor", "trt"):
-        kwargs["gpu_kernels"] = gpu_kernels
-    if name == "torch-xnor":
-        kwargs["cuda_graphs"] = cuda_graphs
-    if name == "ort-xnor" and sources.given_onnx is None:
+    values = resolve_options({**sources.options, **options})
+    for opt in engine_options():
+        if opt.selects_model and opt.param in sources.options and values[opt.param] != sources.options[opt.param]:
+            raise TypeError(f"{opt.param} selects the model: give it to prepare_sources")
+    kwargs: dict[str, Any] = {"model": sources.deploy, "onnx_path": sources.onnx_for(name), "threads": threads,
+                              "batch_size": batch_size, **engine_kwargs(name, values)}
+    if sources.given_onnx is None and name in sources.engine_forms:
         kwargs["form"] = sources.engine_forms[name]
-    return cls(**kwargs)
+    return engine_class(name)(**kwargs)
 
 
 # -------------------------------------------------------------------------- measuring
@@ -207,6 +256,21 @@ def normalised_images(images_nhwc_uint8: np.ndarray) -> np.ndarray:
     from xnorpipe.data import normalize, to_tensor
 
     return normalize(to_tensor(images_nhwc_uint8)).numpy()
+
+
+def model_input(images_nhwc_uint8: np.ndarray, input_shape: Sequence[int], *, uint8: bool = False) -> np.ndarray:
+    """Decoded images as a model of `input_shape` (C, H, W) takes them: resized to H x W
+    (xnorpipe.data.resize_batch: bilinear, rounded to uint8; a no-op at their own size), then
+    normalised float32 NCHW, or with `uint8` (a model with the integer first layer) the resized
+    uint8 NHWC pixels. The reference and every engine see the same pixels."""
+    from xnorpipe.data import normalize, resize_batch, to_tensor
+
+    c, h, w = input_shape
+    if images_nhwc_uint8.ndim != 4 or images_nhwc_uint8.shape[3] != c:
+        raise XnorpipeError(f"the model takes {c}-channel images, the data has images of shape "
+                            f"{list(images_nhwc_uint8.shape[1:])}")
+    batch = resize_batch(to_tensor(images_nhwc_uint8), (h, w))
+    return batch.permute(0, 2, 3, 1).contiguous().numpy() if uint8 else normalize(batch).numpy()
 
 
 def measure_latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, iters: int,
@@ -228,8 +292,9 @@ def measure_latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, iters: i
 
 
 def batched_logits(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int,
-                   desc: str | None = None) -> np.ndarray:
-    """Logits of `run` over `x` in batches; with `desc`, a progress bar on stderr."""
+                   desc: str | None = None, prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Logits of `run` over `x` in batches, each batch through `prepare` first when given; with
+    `desc`, a progress bar on stderr."""
     from tqdm import tqdm
 
     from xnorpipe.utils import progress_interval
@@ -237,13 +302,21 @@ def batched_logits(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch
     starts = range(0, x.shape[0], batch_size)
     bar = tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None,
                mininterval=progress_interval())
-    return np.concatenate([np.asarray(run(x[i:i + batch_size]), dtype=np.float32) for i in bar])
+    prepare = prepare or (lambda b: b)
+    return np.concatenate([np.asarray(run(prepare(x[i:i + batch_size])), dtype=np.float32) for i in bar])
 
 
-def reference_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+REFERENCE_PIXELS_PER_BATCH = 500 * 32 * 32  # the reference's batches: 500 CIFAR-sized images' worth
+
+
+def reference_logits(model: torch.nn.Module, images: np.ndarray, input_shape: Sequence[int],
+                     desc: str | None = None) -> np.ndarray:
+    """The PyTorch model's logits on decoded uint8 NHWC images (`model_input`)."""
     model.eval()
+    batch = max(1, REFERENCE_PIXELS_PER_BATCH // (input_shape[1] * input_shape[2]))
     with torch.inference_mode():
-        return batched_logits(lambda b: model(torch.from_numpy(b)).numpy(), x, batch_size)
+        return batched_logits(lambda b: model(torch.from_numpy(b)).numpy(), images, batch, desc,
+                              prepare=lambda b: model_input(b, input_shape))
 
 
 def parity(logits: np.ndarray, labels: np.ndarray | None, ref: np.ndarray | None) -> dict[str, float]:
@@ -262,53 +335,63 @@ def parity(logits: np.ndarray, labels: np.ndarray | None, ref: np.ndarray | None
     return out
 
 
-def bench_engine(engine, *, batch_size: int, iters: int, warmup: int,
-                 data: np.ndarray | None = None, labels: np.ndarray | None = None,
+def bench_engine(engine, *, input_shape: Sequence[int], batch_size: int, iters: int, warmup: int,
+                 images: np.ndarray | None = None, labels: np.ndarray | None = None,
                  ref: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
-    """Latency on one batch (real images when given), then accuracy/parity over `data`."""
-    if data is not None and data.shape[0] >= batch_size:
-        x = data[:batch_size]
+    """Latency on one batch of `input_shape` (real images when there are enough), then accuracy
+    and parity over `images` (decoded uint8 NHWC, `model_input`)."""
+    uint8 = engine.uint8_input
+    if images is not None and images.shape[0] >= batch_size:
+        x = model_input(images[:batch_size], input_shape, uint8=uint8)
     else:
-        x = np.random.default_rng(seed).standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
-    prepare = getattr(engine, "prepare_input", None)
-    if prepare is not None:  # timed on the input the model takes (an integer first layer: uint8 images)
-        x = prepare(x)
+        x = np.random.default_rng(seed).standard_normal((batch_size, *input_shape)).astype(np.float32)
+        prepare = getattr(engine, "prepare_input", None)
+        if prepare is not None:  # timed on the input the model takes (an integer first layer: uint8 images)
+            x = prepare(x)
     result: dict[str, Any] = dict(engine.describe())
     result["batch_size"] = batch_size
     result.update(measure_latency(engine, x, iters=iters, warmup=warmup))
-    if data is not None:
-        logits = batched_logits(engine, data, batch_size, desc=f"{engine.name} on {data.shape[0]} images")
+    if images is not None:
+        logits = batched_logits(engine, images, batch_size, desc=f"{engine.name} on {images.shape[0]} images",
+                                prepare=lambda b: model_input(b, input_shape, uint8=uint8))
         result.update(parity(logits, labels, ref))
     return result
 
 
-def load_test_set(path: str, subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 test images (normalised NCHW float32) and labels through xnorpipe.data."""
+def load_test_images(path: str, subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 test images (decoded uint8 NHWC, as stored) and labels through xnorpipe.data;
+    `model_input` turns a batch into what a model takes."""
     from xnorpipe import data as cifar
 
+    if subset is not None and subset < 1:
+        raise XnorpipeError(f"--test-subset must be at least 1, got {subset}")
     d = cifar.load_cifar10(path, progress=False)
     images, labels = d.test_images, d.test_labels
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
-    return normalised_images(images), np.asarray(labels)
+    return np.asarray(images), np.asarray(labels)
 
 
 def run_bench(engines: Sequence[str], sources: BenchSources, *, batch_size: int, iters: int,
-              warmup: int, threads: int | None = None, data: np.ndarray | None = None,
-              labels: np.ndarray | None = None, device: str = "cpu", gpu_kernels: str = "triton",
-              cuda_graphs: bool = True) -> list[dict[str, Any]]:
-    """One result dict per engine, in order; parity columns when data and a reference exist."""
+              warmup: int, threads: int | None = None, images: np.ndarray | None = None,
+              labels: np.ndarray | None = None, **options: Any) -> list[dict[str, Any]]:
+    """One result dict per engine, in order; parity columns when images and a reference exist.
+
+    `images`: decoded uint8 NHWC test images (`load_test_images`), resized to the model's input
+    per batch; `options`: engine options (xnorpipe.runtime) over those `sources` was prepared with."""
     if threads:
         torch.set_num_threads(threads)
     ref = None
-    if data is not None and sources.reference is not None:
-        ref = reference_logits(sources.reference, data)
+    if images is not None:
+        model_input(images[:1], sources.input_shape)  # a channel mismatch: one line, before any engine
+        if sources.reference is not None:
+            ref = reference_logits(sources.reference, images, sources.input_shape,
+                                   desc=f"reference on {images.shape[0]} images")
     results = []
     for name in engines:
-        engine = create_engine(name, sources, threads=threads, batch_size=batch_size, device=device,
-                               gpu_kernels=gpu_kernels, cuda_graphs=cuda_graphs)
-        r = bench_engine(engine, batch_size=batch_size, iters=iters, warmup=warmup,
-                         data=data, labels=labels, ref=ref)
+        engine = create_engine(name, sources, threads=threads, batch_size=batch_size, **options)
+        r = bench_engine(engine, input_shape=sources.input_shape, batch_size=batch_size, iters=iters,
+                         warmup=warmup, images=images, labels=labels, ref=ref)
         r["arch"] = sources.arch
         r["threads"] = threads
         r["iters"] = iters

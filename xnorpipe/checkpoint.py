@@ -1,8 +1,10 @@
 """Checkpoints: `cifar10_<arch>_checkpoint.pth.tar` (+ `_best`), written atomically.
 
-A checkpoint is a dict: format, arch, cfg, groups, epoch, best_acc1, model (state dict),
-optimizer, scheduler (state dicts, may be absent), classes (the dataset's class names, in label
-order; absent in checkpoints written before it was recorded), and any extra fields the trainer adds.
+A checkpoint is a dict: format, arch, model_kwargs (the builder's keyword arguments, plain values),
+epoch, best_acc1, model (state dict), optimizer, scheduler (state dicts, may be absent), classes
+(the dataset's class names, in label order; absent in checkpoints written before it was recorded),
+and any extra fields the trainer adds. Checkpoints written before model_kwargs existed hold NIN's
+`cfg` and `groups` instead: they load as model_kwargs {"cfg": ..., "groups": ...}.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from typing import Any
 import torch
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.utils import atomic_path, os_error_reason
+from xnorpipe.utils import arch_file_stem, atomic_path, os_error_reason
 
 FORMAT = "xnorpipe-checkpoint/1"
 DEFAULT_DIR = "checkpoints"
 
 
 def checkpoint_path(arch: str, out_dir: str | os.PathLike = DEFAULT_DIR, best: bool = False) -> Path:
-    return Path(out_dir) / f"cifar10_{arch}_{'best' if best else 'checkpoint'}.pth.tar"
+    return Path(out_dir) / f"cifar10_{arch_file_stem(arch)}_{'best' if best else 'checkpoint'}.pth.tar"
 
 
 def default_checkpoint(arch: str) -> Path:
@@ -47,8 +49,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 class Checkpoint:
     path: Path
     arch: str
-    cfg: list[int]
-    groups: list[int]
+    model_kwargs: dict[str, Any]
     epoch: int
     best_acc1: float
     state: dict[str, Any] = field(repr=False)
@@ -58,7 +59,10 @@ class Checkpoint:
         """The model of this checkpoint with its weights loaded (eval mode)."""
         from xnorpipe.models import build_model
 
-        model = build_model(self.arch, self.cfg, self.groups)
+        try:
+            model = build_model(self.arch, **self.model_kwargs)
+        except XnorpipeError as e:
+            raise XnorpipeError(f"{self.path}: {e.message}") from None
         try:
             model.load_state_dict(self.state["model"])
         except (RuntimeError, KeyError, TypeError) as e:
@@ -91,10 +95,23 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Checkpo
     if classes is not None and (not isinstance(classes, (list, tuple))
                                 or not all(isinstance(c, str) for c in classes)):
         raise XnorpipeError(f"{path}: checkpoint field 'classes' is not a list of names")
+    if not isinstance(state.get("arch"), str):
+        raise XnorpipeError(f"{path}: checkpoint field 'arch' is not a name")
     try:
-        return Checkpoint(path=path, arch=str(state["arch"]), cfg=list(state["cfg"]),
-                          groups=list(state["groups"]), epoch=int(state.get("epoch", 0)),
-                          best_acc1=float(state.get("best_acc1", 0.0)), state=state,
-                          classes=tuple(classes) if classes is not None else None)
-    except (KeyError, TypeError, ValueError) as e:
-        raise XnorpipeError(f"{path}: checkpoint lacks field {e}") from None
+        epoch, best_acc1 = int(state.get("epoch", 0)), float(state.get("best_acc1", 0.0))
+    except (TypeError, ValueError, OverflowError):
+        raise XnorpipeError(f"{path}: checkpoint fields 'epoch'/'best_acc1' are not numbers") from None
+    return Checkpoint(path=path, arch=state["arch"], model_kwargs=stored_model_kwargs(state, path),
+                      epoch=epoch, best_acc1=best_acc1, state=state,
+                      classes=tuple(classes) if classes is not None else None)
+
+
+def stored_model_kwargs(state: dict[str, Any], where) -> dict[str, Any]:
+    """A checkpoint's (or a stored recipe's) model_kwargs, checked to be plain values; from the
+    `cfg`/`groups` fields of one written before model_kwargs existed (NIN only had those)."""
+    from xnorpipe.models import plain_model_kwargs
+
+    if "model_kwargs" in state:
+        return plain_model_kwargs(state["model_kwargs"], f"{where}: checkpoint")
+    legacy = {k: state[k] for k in ("cfg", "groups") if state.get(k) is not None}
+    return plain_model_kwargs(legacy, f"{where}: checkpoint")

@@ -570,6 +570,16 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
 
 
+def resize_batch(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW of spatial `size` (bilinear, rounded to uint8), for a model whose
+    input is larger than CIFAR's 32x32 (an ImageNet stem). Rounded to uint8 so that training, the
+    PyTorch reference and every engine (the integer first layer included) see the same pixels."""
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    x = torch.nn.functional.interpolate(batch.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
 _MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -622,11 +632,14 @@ class BatchIterator:
     torch.Generator, the same on every rank), so shuffling is global and reproducible; rank r
     of `world` takes every world-th image of each global batch. Under DDP the last global
     batch is cut to a multiple of `world` so every rank steps the same number of times.
+    `image_size` (H, W): batches are resized to it after augmentation (resize_batch), for a model
+    whose input is larger than the images; None or the images' own size: no resize.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  train: bool, generator: torch.Generator | None = None, rank: int = 0,
-                 world: int = 1, memory_format=torch.contiguous_format):
+                 world: int = 1, memory_format=torch.contiguous_format,
+                 image_size: tuple[int, int] | None = None):
         if train and generator is None:
             raise ValueError("a training iterator needs a generator")
         if batch_size % world:
@@ -635,6 +648,7 @@ class BatchIterator:
         self.images, self.labels = images, labels
         self.batch_size, self.train, self.generator = batch_size, train, generator
         self.rank, self.world, self.memory_format = rank, world, memory_format
+        self.image_size = image_size
 
     def __len__(self) -> int:
         """Steps per epoch on this rank."""
@@ -672,4 +686,6 @@ class BatchIterator:
             else:
                 idx = local
                 batch = self.images.index_select(0, idx)
+            if self.image_size is not None:
+                batch = resize_batch(batch, self.image_size)
             yield normalize(batch, self.memory_format), self.labels.index_select(0, idx)

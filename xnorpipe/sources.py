@@ -54,10 +54,12 @@ def calibration_tag(images: np.ndarray, data: str | os.PathLike | None) -> str:
     return "data:" + hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> nn.Module:
+def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int = CALIBRATION_BATCH,
+                        image_size: tuple[int, int] | None = None) -> nn.Module:
     """Replace every BatchNorm's running statistics by their cumulative average over `images`
-    (uint8 NHWC, normalised as in training). Only BatchNorm runs in train mode; no gradient."""
-    from xnorpipe.data import normalize, to_tensor
+    (uint8 NHWC, resized to `image_size` when given and normalised, as in training). Only
+    BatchNorm runs in train mode; no gradient."""
+    from xnorpipe.data import normalize, resize_batch, to_tensor
 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in norms]
@@ -69,7 +71,10 @@ def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int = 
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                model(normalize(to_tensor(images[i:i + batch_size])))
+                batch = to_tensor(images[i:i + batch_size])
+                if image_size is not None:
+                    batch = resize_batch(batch, image_size)
+                model(normalize(batch))
     finally:
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
@@ -86,7 +91,7 @@ def load_source_model(arch: str, checkpoint: str | os.PathLike | None = None, ra
     `xnorpipe bench` for parity) from its metadata. `data` is not used for a checkpoint.
     """
     from xnorpipe.checkpoint import default_checkpoint, load_checkpoint
-    from xnorpipe.models import build_model
+    from xnorpipe.models import build_model, get_model_spec
     from xnorpipe.utils import sha256_file
 
     if random_init:
@@ -96,7 +101,7 @@ def load_source_model(arch: str, checkpoint: str | os.PathLike | None = None, ra
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = build_model(arch)
-        calibrate_batchnorm(model, images)
+        calibrate_batchnorm(model, images, image_size=get_model_spec(arch).image_size)
         return model, {"xnorpipe.random_init": "true", "xnorpipe.random_seed": str(RANDOM_INIT_SEED),
                        "xnorpipe.random_calibration": calibration_tag(images, data),
                        "xnorpipe.checkpoint_sha256": "none"}

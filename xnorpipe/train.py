@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from xnorpipe.data import BatchIterator, Cifar10, load_cifar10, normalize, to_tensor
+from xnorpipe.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, stored_model_kwargs
+from xnorpipe.data import BatchIterator, Cifar10, load_cifar10, normalize, resize_batch, to_tensor
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.models import ARCHS, build_model
-from xnorpipe.utils import append_text, atomic_write_text, os_error_reason, progress_interval
+from xnorpipe.models import build_model, get_model_spec, plain_model_kwargs
+from xnorpipe.utils import append_text, arch_file_stem, atomic_write_text, os_error_reason, progress_interval
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -94,6 +94,8 @@ class TrainOptions:
     out: str = "checkpoints"
     resume: str | None = None  # "auto" = <out>/cifar10_<arch>_checkpoint.pth.tar, or a path
     compile: bool = False
+    # The builder's keyword arguments (plain values); cfg/groups: the NIN archs' widths and groups.
+    model_kwargs: dict[str, Any] | None = None
     cfg: Sequence[int] | None = None
     groups: Sequence[int] | None = None
     # NHWC: faster for these nets on CUDA and, per benchmarks/bench_train.py, on CPU (oneDNN) too.
@@ -190,12 +192,14 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images, labels, *,
              batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
              memory_format=torch.contiguous_format, amp_dtype: torch.dtype | None = None,
-             dist: Dist | None = None) -> dict[str, float]:
+             dist: Dist | None = None, image_size: tuple[int, int] | None = None) -> dict[str, float]:
     """Top-1 (percent) and mean cross-entropy of `model` on uint8 images.
 
     images: (N, 3, 32, 32) uint8 tensor or (N, 32, 32, 3) uint8 numpy; labels: int64.
     `model` is any callable from normalised float batches to logits (an nn.Module is put in
-    eval mode). Under DDP every rank scores every world-th image and the sums are reduced.
+    eval mode). `image_size` (H, W): batches are resized to it first (data.resize_batch), for a
+    model whose input is not the images' size. Under DDP every rank scores every world-th image
+    and the sums are reduced.
     """
     dist = dist or Dist()
     if device is None:
@@ -212,7 +216,10 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images, labels, *,
     mine = torch.arange(dist.rank, len(labels), dist.world, device=device)
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        x = normalize(images.index_select(0, idx), memory_format)
+        batch = images.index_select(0, idx)
+        if image_size is not None:
+            batch = resize_batch(batch, image_size)
+        x = normalize(batch, memory_format)
         y = labels.index_select(0, idx)
         with _autocast(device, amp_dtype):
             logits = model(x)
@@ -240,9 +247,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, batch_size:
     check_classes(dataset.classes, model.num_classes, ckpt.classes, data, ckpt.path)
     images, labels = dataset.test_images[:test_subset], dataset.test_labels[:test_subset]
     result = evaluate(model, to_tensor(images, dev), torch.from_numpy(labels),
-                      batch_size=batch_size, device=dev)
+                      batch_size=batch_size, device=dev, image_size=_rgb_spec(ckpt.arch).image_size)
     return {**result, "arch": ckpt.arch, "checkpoint": str(checkpoint), "epoch": ckpt.epoch,
-            "cfg": ckpt.cfg, "groups": ckpt.groups, "device": str(dev)}
+            "model_kwargs": ckpt.model_kwargs, "device": str(dev)}
+
+
+def _rgb_spec(arch: str):
+    """`arch`'s ModelSpec; it must take RGB images (CIFAR-10's), of any size (resized to it)."""
+    spec = get_model_spec(arch)
+    if spec.input_shape[0] != 3:
+        raise XnorpipeError(f"{arch} takes {spec.input_shape[0]}-channel images; CIFAR-10's are RGB")
+    return spec
 
 
 def check_classes(dataset_classes: Sequence[str], num_classes: int,
@@ -276,8 +291,7 @@ class _Recipe:
     seed: int
     subset: int | None
     test_subset: int | None
-    cfg: list[int]
-    groups: list[int]
+    model_kwargs: dict[str, Any]
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -286,19 +300,21 @@ class _Recipe:
 def _resolve_recipe(opts: TrainOptions, stored: dict | None) -> _Recipe:
     """Explicit options win over the checkpoint's recipe (which wins over the seed's defaults);
     a resumed run may not change what would make it differ from an uninterrupted one."""
-    spec = ARCHS[opts.arch]
+    spec = get_model_spec(opts.arch)
     base = stored or {}
+    given_kwargs, flags = _given_model_kwargs(opts, spec)
+    model_kwargs = given_kwargs
     if stored is not None:
         for name in ("epochs", "lr", "batch_size", "seed", "subset", "test_subset"):
             given = getattr(opts, name)
             if given is not None and given != stored.get(name):
                 raise XnorpipeError(f"--resume: --{name.replace('_', '-')} {given} differs from "
                                     f"the checkpoint's {stored.get(name)}; drop it to continue")
-        for name in ("cfg", "groups"):
-            given = getattr(opts, name)
-            if given is not None and list(given) != list(stored[name]):
-                raise XnorpipeError(f"--resume: --{name} {list(given)} differs from the "
-                                    f"checkpoint's {list(stored[name])}")
+        model_kwargs = stored_model_kwargs(stored, "--resume")
+        for key, value in given_kwargs.items():
+            if key not in model_kwargs or model_kwargs[key] != value:
+                raise XnorpipeError(f"--resume: {flags[key]} {value} differs from the checkpoint's "
+                                    f"{model_kwargs.get(key, 'default')}")
 
     def pick(name, default):
         given = getattr(opts, name)
@@ -313,12 +329,32 @@ def _resolve_recipe(opts: TrainOptions, stored: dict | None) -> _Recipe:
     return _Recipe(epochs=int(pick("epochs", spec.epochs)), lr=float(pick("lr", spec.lr)),
                    batch_size=int(pick("batch_size", BATCH_SIZE)), seed=int(seed),
                    subset=pick("subset", None), test_subset=pick("test_subset", None),
-                   cfg=list(pick("cfg", spec.cfg)), groups=list(pick("groups", spec.groups)))
+                   model_kwargs=model_kwargs)
+
+
+def _given_model_kwargs(opts: TrainOptions, spec) -> tuple[dict[str, Any], dict[str, str]]:
+    """opts.model_kwargs plus --cfg/--groups, and the flag that gave each (for messages)."""
+    kwargs = plain_model_kwargs(dict(opts.model_kwargs or {}), "--model-arg")
+    flags = {k: f"--model-arg {k}" for k in kwargs}
+    for name in ("cfg", "groups"):
+        value = getattr(opts, name)
+        if value is None:
+            continue
+        if name not in spec.defaults:
+            raise XnorpipeError(f"--{name} is for the NIN archs; {spec.name} takes "
+                                f"{', '.join(spec.defaults) or 'no model arguments'}")
+        if name in kwargs:
+            raise XnorpipeError(f"--{name} and --model-arg {name} both given")
+        kwargs[name], flags[name] = [int(v) for v in value], f"--{name}"
+    unknown = [k for k in kwargs if k not in spec.defaults]
+    if unknown:
+        raise XnorpipeError(f"--model-arg {unknown[0]}: {spec.name} takes "
+                            f"{', '.join(spec.defaults) or 'no model arguments'}")
+    return kwargs, flags
 
 
 def _validate(opts: TrainOptions) -> None:
-    if opts.arch not in ARCHS:
-        raise XnorpipeError(f"unknown arch {opts.arch!r}; choose from {', '.join(ARCHS)}")
+    _rgb_spec(opts.arch)
     if opts.epochs is not None and opts.epochs < 1:
         raise XnorpipeError(f"--epochs must be at least 1, got {opts.epochs}")
     _check_positive("--lr", opts.lr)
@@ -399,8 +435,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     out = Path(opts.out)
     last_path = checkpoint_path(opts.arch, out)
     best_path = checkpoint_path(opts.arch, out, best=True)
-    log_path = out / f"cifar10_{opts.arch}_log.jsonl"
-    plot_path = out / f"cifar10_{opts.arch}_curves.png"
+    log_path = out / f"cifar10_{arch_file_stem(opts.arch)}_log.jsonl"
+    plot_path = out / f"cifar10_{arch_file_stem(opts.arch)}_curves.png"
 
     ckpt = None
     if opts.resume is not None:
@@ -433,7 +469,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             recipe.seed = int(shared[0])
         stack.enter_context(_determinism(opts.deterministic, device))
         torch.manual_seed(recipe.seed)
-        model = build_model(opts.arch, recipe.cfg, recipe.groups)
+        model = build_model(opts.arch, **recipe.model_kwargs)
 
         if dist.enabled and not dist.is_main:
             torch.distributed.barrier()  # rank 0 decodes and caches first; the rest read the cache
@@ -514,9 +550,10 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
     train_labels = torch.from_numpy(dataset.train_labels).to(device)
     test_images = to_tensor(dataset.test_images, device)
     test_labels = torch.from_numpy(dataset.test_labels).to(device)
+    image_size = get_model_spec(opts.arch).image_size
     batches = BatchIterator(train_images, train_labels, recipe.batch_size, train=True,
                             generator=generator, rank=dist.rank, world=dist.world,
-                            memory_format=memory_format)
+                            memory_format=memory_format, image_size=image_size)
     n_train = sum(batches.global_batch_sizes())
 
     net: nn.Module | None = model
@@ -530,7 +567,9 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
     if dist.is_main:
         # A fresh run starts a fresh log; a resumed one drops epochs past its checkpoint.
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-        opts.log(f"{opts.arch}: {len(dataset.train_labels)} train / {len(dataset.test_labels)} "
+        kwargs = ", ".join(f"{k}={v}" for k, v in recipe.model_kwargs.items())
+        opts.log(f"{opts.arch}{f' ({kwargs})' if kwargs else ''}: {len(dataset.train_labels)} train / "
+                 f"{len(dataset.test_labels)} "
                  f"test images on {device}"
                  f"{f' x {dist.world} processes' if dist.enabled else ''}, epochs "
                  f"{start_epoch + 1}..{recipe.epochs}, batch {recipe.batch_size}, lr {recipe.lr}, "
@@ -565,7 +604,7 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
                     torch.distributed.broadcast(buf, 0)
             test = evaluate(model, test_images, test_labels, batch_size=recipe.batch_size,
                             device=device, memory_format=memory_format, amp_dtype=amp_dtype,
-                            dist=dist)
+                            dist=dist, image_size=image_size)
             is_best = test["top1"] > best_acc1
             best_acc1 = max(best_acc1, test["top1"])
             metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n_train,
@@ -576,7 +615,7 @@ def _train_loop(opts, recipe: _Recipe, dist: Dist, device, model, dataset: Cifar
             if dist.is_main:
                 records.append(metrics)
                 append_text(log_path, json.dumps(metrics) + "\n")
-                state = {"arch": opts.arch, "cfg": recipe.cfg, "groups": recipe.groups,
+                state = {"arch": opts.arch, "model_kwargs": recipe.model_kwargs,
                          "classes": list(dataset.classes),
                          "epoch": epoch + 1, "best_acc1": best_acc1,
                          # NCHW copies: channels_last strides would leak into export/deploy code.

@@ -180,3 +180,9 @@ def progress_interval() -> float:
     import sys
 
     return 0.1 if sys.stderr.isatty() else 30.0
+
+
+def arch_file_stem(arch: str) -> str:
+    """The part of an arch's name its files carry: a user model `FILE.py:NAME` is NAME (no path
+    separators or colons in file names)."""
+    return arch.rpartition(":")[2]

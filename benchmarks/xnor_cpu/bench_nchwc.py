@@ -1,8 +1,9 @@
 """ONNX Runtime's NCHWc layout pass and the xnorpipe ops (not a test): nin_xnornet, one thread,
 the portable graph on stock ORT vs the packed and packed-bits graphs with the library, each of
-the latter with ORT's NchwcTransformer on (ORT's default) and off (what ort-xnor does).
+the latter with ORT's NchwcTransformer on (ORT's default, what ort-xnor does) and off.
 
     PYTHONPATH=. python benchmarks/xnor_cpu/bench_nchwc.py [--arch nin_xnornet] [--threads 1] [--rounds 3]
+        [--batch-sizes 1,64]
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from xnorpipe.deploy import onnx_export
+from xnorpipe.deploy import onnx as deploy_onnx
 from xnorpipe.deploy.fold import fold_model
+from xnorpipe.models import get_model_spec
 from xnorpipe.native import ort_library_path
 from xnorpipe.sources import load_source_model
 
@@ -24,9 +26,10 @@ def main() -> int:
     p.add_argument("--arch", default="nin_xnornet")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-sizes", default="1,64")
     args = p.parse_args()
     model, _ = load_source_model(args.arch, None, random_init=True)
-    deploy = fold_model(model, arch=args.arch)
+    deploy = fold_model(model, arch=args.arch, input_shape=get_model_spec(args.arch).input_shape)
 
     def session(form: str, library: bool, nchwc: bool):
         so = ort.SessionOptions()
@@ -35,7 +38,7 @@ def main() -> int:
             so.register_custom_ops_library(ort_library_path())
         if not nchwc:
             so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
-        return ort.InferenceSession(onnx_export.build_onnx(deploy, form).SerializeToString(), so,
+        return ort.InferenceSession(deploy_onnx.build_onnx(deploy, form).SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
 
     variants = {"portable, stock ORT": session("portable", False, True),
@@ -44,8 +47,10 @@ def main() -> int:
                 "packed-bits, NCHWc on": session("packed-bits", True, True),
                 "packed-bits, NCHWc off": session("packed-bits", True, False)}
     print("| batch | variant | p50 ms | speed-up vs portable |\n|---|---|---|---|")
-    for batch, iters in ((1, 400), (64, 20)):
-        x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    pixels = int(np.prod(deploy.input_shape))
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        iters = max(5, min(400, int(400 * 3072 / (pixels * batch))))  # about the same time per batch size
+        x = np.random.default_rng(0).standard_normal((batch, *deploy.input_shape)).astype(np.float32)
         medians = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, s in variants.items():

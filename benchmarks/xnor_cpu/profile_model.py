@@ -1,8 +1,9 @@
 """Per-node time of one model on ONNX Runtime with the xnorpipe library (not a test): ORT's own
-profiler (`enable_profiling`), median per node over the runs, random-init weights, NCHWc off as
-in ort-xnor. Each convolution is set against its ceiling on this CPU, measured in the same run
-by xnorpipe_bench_cpu (build/*/core/, `make native`): FP32 FMA/s for the float convolutions, the
-xor-popcount loop's binary MAC/s for the binary ones (one bit = one binary MAC).
+profiler (`enable_profiling`), median per node over the runs, random-init weights, ORT's default
+optimisations (NCHWc on) as in ort-xnor. Each convolution is set against its ceiling on this
+CPU, measured in the same run by xnorpipe_bench_cpu (build/*/core/, `make native`): FP32 FMA/s
+for the float convolutions, the xor-popcount loop's binary MAC/s for the binary ones (one bit =
+one binary MAC).
 
     PYTHONPATH=. python benchmarks/xnor_cpu/profile_model.py [--arch nin_xnornet] [--form packed-bits]
         [--batch 1] [--threads 1] [--first-layer int8]
@@ -22,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from xnorpipe.deploy import ir, onnx_export
+from xnorpipe.deploy import ir
+from xnorpipe.deploy import onnx as deploy_onnx
 from xnorpipe.deploy.fold import fold_model
+from xnorpipe.models import get_model_spec
 from xnorpipe.native import ort_library_path
 from xnorpipe.sources import load_source_model
 
@@ -55,10 +58,10 @@ def ceilings() -> dict[str, float]:
 def conv_macs(deploy: ir.DeployModel, batch: int) -> list[tuple[str, int]]:
     """("float" or "binary", multiply-adds per call) of each convolution, in the order the
     exporter names its nodes conv0, conv1, ..."""
-    shapes = onnx_export.layer_shapes(deploy)
-    inputs = [tuple(deploy.input_shape), *shapes[:-1]]
+    shapes = ir.tensor_shapes(deploy)
     out = []
-    for layer, before, after in zip(deploy.layers, inputs, shapes, strict=True):
+    for node in deploy.nodes:
+        layer, before, after = node.op, shapes[node.inputs[0]], shapes[node.output]
         if isinstance(layer, (ir.FloatConv, ir.BinaryConv)):
             (c, _, _), (m, ho, wo) = before, after
             kh, kw = layer.kernel_shape
@@ -81,13 +84,13 @@ def main() -> int:
         p.error("--first-layer int8 needs --form packed-bits")
     peak = ceilings()
     model, _ = load_source_model(args.arch, None, random_init=True)
-    deploy = fold_model(model, arch=args.arch)
+    deploy = fold_model(model, arch=args.arch, input_shape=get_model_spec(args.arch).input_shape)
     integer = None
     if args.first_layer == "int8":
         from xnorpipe.deploy.first_layer import calibrated_first_layer
 
         integer = calibrated_first_layer(deploy)
-    proto = onnx_export.build_onnx(deploy, args.form, first_layer=integer)
+    proto = deploy_onnx.build_onnx(deploy, args.form, first_layer=integer)
     macs = conv_macs(deploy, args.batch)
     if integer is not None:  # conv0 is ConvIntegerBinarize: int8 multiply-adds
         macs[0] = ("int8", macs[0][1])
@@ -97,11 +100,11 @@ def main() -> int:
     so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "xnorpipe_profile")
     if args.form != "portable":
         so.register_custom_ops_library(ort_library_path())
-        so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
     s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+    c, h, w = deploy.input_shape
+    x = np.random.default_rng(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
     if integer is not None:
-        x = np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
+        x = np.random.default_rng(0).integers(0, 256, (args.batch, h, w, c), dtype=np.uint8)
     name = s.get_inputs()[0].name
     for _ in range(300 if args.batch == 1 else 10):
         s.run(None, {name: x})
@@ -120,7 +123,7 @@ def main() -> int:
     for (node, op), us in times.items():
         median = float(np.median(us))
         total += median
-        conv = re.fullmatch(r"conv(\d+)", node)
+        conv = re.fullmatch(r"conv(\d+)(?:_nchwc)?", node)  # NCHWc renames the float convs it takes
         rate = share = ""
         if conv and int(conv.group(1)) < len(macs) and median > 0:
             kind, work = macs[int(conv.group(1))]

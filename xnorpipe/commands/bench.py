@@ -1,15 +1,56 @@
-"""`xnorpipe bench`: latency/throughput per engine; with --data, accuracy and parity."""
+"""`xnorpipe bench`: latency/throughput per engine; with --data, accuracy and parity.
+
+The engines, their --engine help and their options come from the registry
+(xnorpipe.runtime.ENGINES): each engine class declares what it runs and the options it takes.
+"""
 
 from __future__ import annotations
 
 import click
 
 from xnorpipe.commands import options
+from xnorpipe.runtime import ENGINES, XNOR_FORM, EngineOption, engine_options, engines_with
+
+
+def _engine_help() -> str:
+    rows = []
+    for name, cls in ENGINES.items():
+        forms = "" if cls.source == "deploy" else f"; forms {', '.join(cls.forms)}"
+        rows.append(f"{name} ({cls.summary}{forms}; {'/'.join(cls.devices)})")
+    return f"Engine(s), repeat or comma-separate: {', '.join(rows)}."
+
+
+def _form_defaults() -> str:
+    """The form each engine of --xnor-form runs without it, from their declarations."""
+    parts = []
+    for name in engines_with(XNOR_FORM):
+        cls = ENGINES[name]
+        flags = {opt.param: opt.flag for opt in cls.options}
+        parts.append(f"{name} {cls.default_form}" + "".join(
+            f" ({form} with {flags[param]} {value})" for (param, value), form in cls.implied_forms.items()
+            if form != cls.default_form))
+    return f"  [default: {', '.join(parts)}]"
+
+
+def _option(opt: EngineOption):
+    help_text = opt.help.format(engines=", ".join(engines_with(opt)))
+    if opt is XNOR_FORM:
+        help_text += _form_defaults()
+    kwargs = {"default": opt.default, "show_default": opt.default is not None, "help": help_text}
+    if opt.choices is not None:
+        kwargs["type"] = click.Choice(opt.choices)
+    return click.option(opt.flag, opt.param, **kwargs)
+
+
+def _engine_options(command):
+    for opt in reversed(engine_options()):
+        command = _option(opt)(command)
+    return command
 
 
 @click.command()
 @click.option("--engine", "engines", multiple=True, default=("torch", "ort"), show_default=True,
-              help="Engine(s): torch, ort, ort-xnor, torch-xnor, trt; repeat or comma-separate.")
+              help=_engine_help())
 @options.onnx_model()
 @options.arch()
 @options.checkpoint("Checkpoint of --arch, or the PyTorch reference for --onnx "
@@ -23,36 +64,22 @@ from xnorpipe.commands import options
               help="Timed runs per engine.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
               help="Untimed runs before timing.")
-@click.option("--xnor-form", type=click.Choice(["packed", "packed-bits"]), default=None,
-              help="The ONNX form the xnor engines (ort-xnor, torch-xnor, trt) run with --arch: "
-              "packed-bits (bit-packed activations between binary layers) or packed.  [default: "
-              "packed-bits for ort-xnor and torch-xnor, packed for trt and with --gpu-kernels cuda]")
-@click.option("--gpu-kernels", type=click.Choice(["triton", "cuda"]), default="triton", show_default=True,
-              help="Kernels of torch-xnor and of trt's plugins: triton (every xnorpipe op) or cuda "
-              "(the hand-written XnorConv2d kernel, packed form only; torch-xnor loads it with CuPy).")
-@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
-              help="torch-xnor on CUDA: capture one CUDA graph per input shape and replay it.")
-@click.option("--first-layer", type=click.Choice(["float", "int8"]), default="float", show_default=True,
-              help="With --arch: int8 runs ort-xnor's packed-bits model with the integer first layer "
-              "(uint8 image in; calibrated on the first training images of --data, else synthetic ones).")
-@options.device(("cpu", "cuda", "auto"))
+@_engine_options
 @options.json_output()
 def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
-          threads, iters, warmup, xnor_form, gpu_kernels, cuda_graphs, first_layer, device, as_json):
+          threads, iters, warmup, as_json, **engine_values):
     """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
     from xnorpipe import bench as lib
 
     names = lib.read_engine_list(engines)
     sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
-                                  random_init=random_init, engines=names, xnor_form=xnor_form,
-                                  gpu_kernels=gpu_kernels, data=data, first_layer=first_layer)
+                                  random_init=random_init, engines=names, data=data, **engine_values)
     try:
         images = labels = None
         if data:
-            images, labels = lib.load_test_set(data, test_subset)
+            images, labels = lib.load_test_images(data, test_subset)
         results = lib.run_bench(names, sources, batch_size=batch_size, iters=iters, warmup=warmup,
-                                threads=threads, data=images, labels=labels, device=device,
-                                gpu_kernels=gpu_kernels, cuda_graphs=cuda_graphs)
+                                threads=threads, images=images, labels=labels)
     finally:
         sources.close()
     if as_json:

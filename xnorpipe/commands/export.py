@@ -39,8 +39,9 @@ def export(arch, checkpoint, form, out, random_init, data, opset, first_layer, a
     statistics calibrated on the first training images of --data, else on a fixed synthetic set.
     """
     from xnorpipe.deploy.fold import fold_model
-    from xnorpipe.deploy.onnx_export import export as export_onnx
-    from xnorpipe.deploy.onnx_export import resolve_forms
+    from xnorpipe.deploy.onnx import export as export_onnx
+    from xnorpipe.deploy.onnx import resolve_forms
+    from xnorpipe.models import get_model_spec
     from xnorpipe.sources import load_source_model
 
     if data is not None and not random_init and first_layer == "float":
@@ -48,7 +49,8 @@ def export(arch, checkpoint, form, out, random_init, data, opset, first_layer, a
             click.echo("note: --data only calibrates --random-init models and --first-layer int8: not used")
         data = None
     model, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
-    deploy = fold_model(model, arch=arch, metadata=metadata, allow_nonfinite=allow_nonfinite)
+    deploy = fold_model(model, arch=arch, input_shape=get_model_spec(arch).input_shape, metadata=metadata,
+                        allow_nonfinite=allow_nonfinite)
     forms, note = resolve_forms(deploy, form, first_layer)
     if note:
         click.echo(f"note: {note}")

@@ -7,13 +7,76 @@ from __future__ import annotations
 
 import click
 
-from xnorpipe.models import ARCHS
+from xnorpipe.models import model_names
+
+
+class ArchType(click.ParamType):
+    """A registered arch, or a user model FILE.py:NAME / package.module:NAME (imported here)."""
+
+    name = "arch"
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(model_names()) + "|FILE.py:NAME]"
+
+    def convert(self, value, param, ctx):
+        from xnorpipe.errors import XnorpipeError
+        from xnorpipe.models import ARCHS, import_user_model
+
+        if value in ARCHS:
+            return value
+        if ":" not in value:
+            self.fail(f"{value!r} is not one of {', '.join(model_names())}, or FILE.py:NAME", param, ctx)
+        try:
+            import_user_model(value)
+        except XnorpipeError as e:
+            self.fail(str(e), param, ctx)
+        return value
 
 
 def arch(required: bool = False):
     return click.option(
-        "--arch", type=click.Choice(sorted(ARCHS)), required=required,
-        help="Model architecture.",
+        "--arch", type=ArchType(), required=required,
+        help="Model architecture: a registered one, or your own model as FILE.py:NAME (or package.module:NAME), "
+             "its builder decorated with @xnorpipe.models.register_model(NAME, ...).",
+    )
+
+
+def _model_arg_value(text: str):
+    """An integer, a number, a comma-separated list of integers, else the text itself."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if "," in text:
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_model_args(ctx, param, values) -> dict:
+    from xnorpipe.errors import XnorpipeError
+    from xnorpipe.models import plain_model_kwargs
+
+    kwargs = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise XnorpipeError(f"--model-arg wants KEY=VALUE, got {item!r}")
+        if key in kwargs:
+            raise XnorpipeError(f"--model-arg {key} given twice")
+        kwargs[key] = _model_arg_value(text.strip())
+    return plain_model_kwargs(kwargs, "--model-arg")
+
+
+def model_args():
+    return click.option(
+        "--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", callback=_parse_model_args,
+        help="A keyword argument of the arch's builder, e.g. width=32 (repeatable); VALUE is read as "
+        "an integer, a number, comma-separated integers, or text.",
     )
 
 

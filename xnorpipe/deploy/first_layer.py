@@ -89,13 +89,18 @@ class IntegerFirstLayer:
     total_bits: int
 
     def tensors(self) -> list[tuple[str, np.ndarray]]:
-        """The op's inputs after X, in order, in their contract dtypes."""
-        return [("W", np.asarray(self.weight, np.int8)), ("x_zero_point", np.asarray(self.x_zero_point, np.uint8)),
-                ("pad_value", np.asarray(self.pad_value, np.int16)),
-                ("threshold", np.asarray(self.threshold, np.int32)),
-                ("margin", np.asarray(self.margin, np.int32)), ("fine_weight", np.asarray(self.fine_weight, np.int32)),
-                ("fine_pad_value", np.asarray(self.fine_pad_value, np.int32)),
-                ("fine_threshold", np.asarray(self.fine_threshold, np.int64))]
+        """The op's inputs after X, in the op table's order and dtypes (the contract's)."""
+        from xnorpipe.deploy.onnx.ops import CONV_INTEGER_BINARIZE_OP
+
+        values = {"W": self.weight, "x_zero_point": self.x_zero_point, "pad_value": self.pad_value,
+                  "threshold": self.threshold, "margin": self.margin, "fine_weight": self.fine_weight,
+                  "fine_pad_value": self.fine_pad_value, "fine_threshold": self.fine_threshold}
+        return [(t.name, np.asarray(values[t.name], t.np_dtype)) for t in CONV_INTEGER_BINARIZE_OP.inputs[1:]]
+
+    def attributes(self) -> dict:
+        """The op's node attributes."""
+        return dict(kernel_shape=list(self.kernel_shape), strides=list(self.strides), pads=list(self.pads),
+                    dilations=list(self.dilations))
 
     def metadata(self) -> dict[str, str]:
         return {"xnorpipe.first_layer": "int8",
@@ -107,13 +112,16 @@ class IntegerFirstLayer:
                     "refined_bits": self.refined_bits, "total_bits": self.total_bits})}
 
 
-def _check_model(model: ir.DeployModel) -> tuple[ir.FloatConv, ir.BinaryConv]:
-    from xnorpipe.deploy.onnx_export import conv_binarize_links
+def _check_model(model: ir.DeployModel) -> tuple[ir.FloatConv, np.ndarray]:
+    """The first conv and the threshold its readers binarize its output at."""
+    from xnorpipe.deploy.onnx.emit import bit_tensors
 
-    if conv_binarize_links(model).get(0) != 1:
+    first = model.nodes[0] if model.nodes else None
+    threshold = bit_tensors(model).get(first.output) if first is not None else None
+    if threshold is None or not isinstance(first.op, ir.FloatConv) or first.inputs != (ir.INPUT,):
         raise XnorpipeError(f"{model.arch}: --first-layer int8 needs a float first conv (group 1) whose output "
-                            "a binary layer reads, as in the NIN-XNOR nets")
-    conv, consumer = model.layers[0], model.layers[1]
+                            "only binary layers read, at one threshold, as in the NIN-XNOR nets")
+    conv = first.op
     c = conv.in_channels
     if not (len(model.mean) == len(model.std) == c == model.input_shape[0]):
         raise XnorpipeError(f"{model.arch}: the first conv has {c} input channels, the normalisation "
@@ -121,7 +129,7 @@ def _check_model(model: ir.DeployModel) -> tuple[ir.FloatConv, ir.BinaryConv]:
     if not all(v > 0 and math.isfinite(v) for v in model.std) or not all(math.isfinite(v) for v in model.mean):
         raise XnorpipeError(f"{model.arch}: normalisation needs finite means and positive stds, got "
                             f"{list(model.mean)}, {list(model.std)}")
-    return conv, consumer
+    return conv, threshold
 
 
 def zero_points(mean) -> np.ndarray:
@@ -215,7 +223,7 @@ def _calibration_chunks(model: ir.DeployModel, images: np.ndarray, z: np.ndarray
     """Per chunk of calibration images: the float layer's bits (relu(y) >= t, in float64: what
     the integer layer should reproduce) and the images centred on the zero points and padded as
     the op pads (float64 NCHW). Computed once for every candidate and both sums."""
-    conv = model.layers[0]
+    conv = model.nodes[0].op
     top, left, bottom, right = conv.pads
     chunks = []
     for start in range(0, len(images), _CHUNK):
@@ -234,7 +242,7 @@ def quantize_first_layer(model: ir.DeployModel, images: np.ndarray, calibration:
     """The integer first layer of `model` (see the module doc), its rounding and scales chosen on
     `images` (uint8 [N, H, W, C], e.g. the first training images); `calibration` names them in
     the metadata. `progress(done, total)` is called after each chunk of calibration images."""
-    conv, consumer = _check_model(model)
+    conv, threshold = _check_model(model)
     images = np.asarray(images)
     c = conv.in_channels
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != c or len(images) == 0:
@@ -248,7 +256,7 @@ def quantize_first_layer(model: ir.DeployModel, images: np.ndarray, calibration:
     w_centred = (w * per_input).reshape(m, -1)
     offset = np.asarray(conv.bias, np.float64) + (w * (z - 255.0 * mean).reshape(1, c, 1, 1) * per_input
                                                    ).sum(axis=(1, 2, 3))
-    t = np.asarray(consumer.threshold, np.float32).astype(np.float64)
+    t = threshold.astype(np.float64)
     amax = np.abs(w_centred).max(axis=1)
     moment = _patch_moment(images, z, conv)
 
@@ -297,7 +305,7 @@ def _add_fine(layer: IntegerFirstLayer, model: ir.DeployModel, chunks: list, ima
               w_centred: np.ndarray, amax: np.ndarray, offset: np.ndarray, t: np.ndarray, moment: np.ndarray) -> None:
     """The fine weights, pad values and thresholds (FINE_LEVELS), the margins (MARGIN_SIGMAS of
     the int8 sum's rounding error), and the calibration images' counts of the two-level result."""
-    conv = model.layers[0]
+    conv = model.nodes[0].op
     m, c = layer.weight.shape[:2]
     mean = np.asarray(model.mean, np.float64)
     live = np.array([layer.scale[j] > 0 for j in range(m)])  # constant channels keep margin -1
@@ -344,7 +352,7 @@ def calibrated_first_layer(model: ir.DeployModel, data=None,
 
 def integer_layer(weight, x_zero_point, pad_value, threshold, margin=None, fine_weight=None, fine_pad_value=None,
                   fine_threshold=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)) -> IntegerFirstLayer:
-    """An IntegerFirstLayer from the op's tensors alone (op-level tests and probes): no
+    """An IntegerFirstLayer from the op's tensors alone (op-level tests): no
     refinement unless a margin is given (margin -1, fine tensors 0), no calibration."""
     m, _, kh, kw = np.shape(weight)
     layer = IntegerFirstLayer(

@@ -1,4 +1,4 @@
-"""`DeployModule`: the deploy IR as a plain PyTorch module, the oracle for every runtime.
+"""`DeployModule`: the deploy IR graph as a plain PyTorch module, the oracle for every runtime.
 
 Binary layers run the XnorConv2d contract's reference (xnorpipe.deploy.reference) on +-1
 float32 weights unpacked once: the integer tap sums are exact in float32 below 2**24.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from xnorpipe.deploy import ir
 from xnorpipe.deploy.packing import unpack_weights
 from xnorpipe.deploy.reference import xnor_conv2d_pm1
-from xnorpipe.models.nin import ChannelShuffle
+from xnorpipe.nn import ChannelShuffle
 
 
 def _torch_pads(pads) -> tuple[int, int, int, int]:
@@ -80,28 +80,82 @@ class _Flatten(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
-def _build(layer: ir.Layer) -> nn.Module:
-    if isinstance(layer, ir.FloatConv):
-        return _FloatConv(layer)
-    if isinstance(layer, ir.BinaryConv):
-        return _BinaryConv(layer)
-    if isinstance(layer, (ir.MaxPool, ir.AvgPool)):
-        return _Pool(layer)
-    if isinstance(layer, ir.ChannelShuffle):
-        return ChannelShuffle(layer.groups)
-    if isinstance(layer, ir.Flatten):
-        return _Flatten()
-    raise TypeError(f"unknown IR layer {type(layer).__name__}")
+class _Add(nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+class _Concat(nn.Module):
+    def forward(self, *xs):
+        return torch.cat(xs, dim=1)
+
+
+class _Linear(nn.Module):
+    def __init__(self, layer: ir.Linear):
+        super().__init__()
+        self.register_buffer("weight", torch.from_numpy(np.asarray(layer.weight, np.float32).copy()))
+        self.register_buffer("bias", torch.from_numpy(np.asarray(layer.bias, np.float32).copy()))
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class _PRelu(nn.Module):
+    def __init__(self, layer: ir.PRelu):
+        super().__init__()
+        self.register_buffer("slope", torch.from_numpy(np.asarray(layer.slope, np.float32).copy()))
+
+    def forward(self, x):
+        return F.prelu(x, self.slope)
+
+
+class _Clip(nn.Module):
+    def __init__(self, layer: ir.Clip):
+        super().__init__()
+        self.low, self.high = layer.low, layer.high
+
+    def forward(self, x):
+        return torch.clamp(x, self.low, self.high)
+
+
+def _build(op: ir.Op) -> nn.Module:
+    if isinstance(op, ir.FloatConv):
+        return _FloatConv(op)
+    if isinstance(op, ir.BinaryConv):
+        return _BinaryConv(op)
+    if isinstance(op, (ir.MaxPool, ir.AvgPool)):
+        return _Pool(op)
+    if isinstance(op, ir.ChannelShuffle):
+        return ChannelShuffle(op.groups)
+    simple = {ir.Flatten: _Flatten, ir.Add: _Add, ir.Concat: _Concat, ir.Relu: nn.ReLU}
+    if type(op) in simple:
+        return simple[type(op)]()
+    built = {ir.Linear: _Linear, ir.PRelu: _PRelu, ir.Clip: _Clip}
+    if type(op) in built:
+        return built[type(op)](op)
+    raise TypeError(f"unknown IR op {type(op).__name__}")
 
 
 class DeployModule(nn.Module):
-    """Normalised float32 NCHW input -> logits, computed from the IR alone."""
+    """Normalised float32 NCHW input -> logits, computed from the IR alone (its nodes in order,
+    each tensor dropped after its last reader)."""
 
     def __init__(self, model: ir.DeployModel):
         super().__init__()
+        ir.tensor_shapes(model)  # a consistent graph
         self.arch = model.arch
-        self.layers = nn.Sequential(*[_build(layer) for layer in model.layers])
+        self.layers = nn.ModuleList([_build(n.op) for n in model.nodes])
+        self.wiring = [(n.inputs, n.output) for n in model.nodes]
+        self.output = model.output
+        last_read = {t: i for i, n in enumerate(model.nodes) for t in n.inputs}
+        self.dead_after = [[t for t in dict.fromkeys(n.inputs) if last_read[t] == i and t != model.output]
+                           for i, n in enumerate(model.nodes)]
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        values = {ir.INPUT: x}
+        for i, (layer, (inputs, output)) in enumerate(zip(self.layers, self.wiring)):
+            values[output] = layer(*(values[t] for t in inputs))
+            for t in self.dead_after[i]:
+                del values[t]
+        return values[self.output]

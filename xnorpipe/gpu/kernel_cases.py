@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xnorpipe.deploy.onnx.ops import CONV_OPS  # the XnorConv2d family: the ops with two algorithms
 from xnorpipe.deploy.packing import num_words
 
 OP_WEIGHTS = {"XnorConv2d": 0.26, "XnorConv2dBits": 0.22, "XnorConv2dBitsBinarize": 0.22, "BitMaxPool": 0.14,
               "Binarize": 0.16}
-CONV_OPS = ("XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize")  # the ops with two algorithms
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Run an exported xnorpipe ONNX graph (packed, packed-bits or portable) on torch tensors.
 
-A small executor, not a general ONNX runtime: it runs the node types `xnorpipe export` emits.
+A small executor, not a general ONNX runtime: it runs the node types `xnorpipe export` emits,
+in any graph (a tensor may feed several nodes: residual adds, concatenations), nodes in the
+topological order ONNX requires.
 Standard nodes map to torch ops; xnorpipe nodes map to a kernel set:
   - "triton" (default): xnorpipe.gpu.triton_kernels, every xnorpipe op;
   - "cuda": the hand-written CUDA kernel of plugins/cuda through CuPy, `XnorConv2d` only (the
@@ -26,9 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xnorpipe.deploy.onnx.ops import OPS
 from xnorpipe.errors import XnorpipeError
+from xnorpipe.runtime.base import GPU_KERNELS
 
-KERNEL_SETS = ("triton", "cuda")
+KERNEL_SETS = GPU_KERNELS.choices  # what --gpu-kernels names
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -207,10 +211,48 @@ def _pool(x, a: _Conv, kind: str, count_include_pad: bool = True):
         if kind == "max":
             return F.max_pool2d(x, a.kernel_shape, a.strides, sym)
         return F.avg_pool2d(x, a.kernel_shape, a.strides, sym, count_include_pad=count_include_pad)
-    if kind == "avg" and not count_include_pad:
-        raise ValueError("AveragePool with count_include_pad=0 needs symmetric pads <= kernel/2")
-    x = F.pad(x, _torch_pads(a.pads), value=-float("inf") if kind == "max" else 0.0)
-    return F.max_pool2d(x, a.kernel_shape, a.strides) if kind == "max" else F.avg_pool2d(x, a.kernel_shape, a.strides)
+    pads = _torch_pads(a.pads)
+    if kind == "max":
+        return F.max_pool2d(F.pad(x, pads, value=-float("inf")), a.kernel_shape, a.strides)
+    if count_include_pad:
+        return F.avg_pool2d(F.pad(x, pads), a.kernel_shape, a.strides)
+    # pads torch cannot take, counting only the real pixels of each window (pads < kernel: never none)
+    sums = F.avg_pool2d(F.pad(x, pads), a.kernel_shape, a.strides, divisor_override=1)
+    real = F.pad(x.new_ones((1, 1, *x.shape[-2:])), pads)
+    return sums / F.avg_pool2d(real, a.kernel_shape, a.strides, divisor_override=1)
+
+
+_GEMM_EMITTED = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 1}  # what xnorpipe's exporter writes
+_GEMM_DEFAULTS = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}  # ONNX's
+
+
+def _gemm(at: dict[str, Any]) -> Callable[..., torch.Tensor]:
+    """Gemm as xnorpipe emits it: Y = A B^T (+ C), A [M, K], B [N, K], C broadcast to [M, N]."""
+    unknown = sorted(set(at) - set(_GEMM_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {', '.join(unknown)}")
+    given = {k: at.get(k, v) for k, v in _GEMM_DEFAULTS.items()}
+    if given != _GEMM_EMITTED:
+        raise ValueError("only transA=0, transB=1, alpha=beta=1 (as xnorpipe emits) are supported, got "
+                         + ", ".join(f"{k}={v}" for k, v in given.items()))
+
+    def gemm(a, b, c=None):
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"A and B must be 2-D, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        y = F.linear(a, b)
+        return y if c is None else y + c
+    return gemm
+
+
+def _scalar(t: torch.Tensor | None, what: str) -> torch.Tensor | None:
+    if t is not None and t.numel() != 1:
+        raise ValueError(f"{what} must be a scalar, got shape {tuple(t.shape)}")
+    return None if t is None else t.reshape(())
+
+
+def _clip(x, lo=None, hi=None):
+    lo, hi = _scalar(lo, "min"), _scalar(hi, "max")
+    return x if lo is None and hi is None else torch.clamp(x, lo, hi)
 
 
 def _reshape_target(shape: Sequence[int], x_shape: Sequence[int]) -> list[int]:
@@ -232,7 +274,7 @@ def _reshape_target(shape: Sequence[int], x_shape: Sequence[int]) -> list[int]:
 def check_supported(model, kernels: str, source: str) -> None:
     """One-line XnorpipeError for a node the runner cannot run with `kernels`, before any device
     or kernel is touched."""
-    from xnorpipe.deploy.onnx_export import DOMAIN
+    from xnorpipe.deploy.onnx import DOMAIN
 
     if kernels not in KERNEL_SETS:
         raise XnorpipeError(f"unknown GPU kernel set {kernels!r}; choose {' or '.join(KERNEL_SETS)}")
@@ -269,7 +311,7 @@ class OnnxRunner:
         import onnx
         from onnx import numpy_helper
 
-        from xnorpipe.deploy.onnx_export import DOMAIN, load_onnx
+        from xnorpipe.deploy.onnx import DOMAIN, load_onnx
 
         if not isinstance(model, onnx.ModelProto):
             source = source or str(model)
@@ -356,12 +398,13 @@ class OnnxRunner:
     def _build(self, n) -> Callable[..., torch.Tensor]:
         at = _attrs(n)
         op = n.op_type
-        from xnorpipe.deploy.onnx_export import DOMAIN
+        from xnorpipe.deploy.onnx import DOMAIN
 
         lo, hi = _ARITY[op]
         given = len(n.input)
-        if not lo <= given <= hi or any(not i for i in n.input[:lo]):
-            raise ValueError(f"takes {lo if lo == hi else f'{lo} to {hi}'} inputs, got {given}")
+        if not lo <= given <= (hi or given) or any(not i for i in n.input[:lo]):
+            wanted = lo if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+            raise ValueError(f"takes {wanted} inputs, got {given}")
 
         if n.domain == DOMAIN:
             return self._build_custom(n, at)
@@ -399,6 +442,22 @@ class OnnxRunner:
             return torch.mul
         if op == "Add":
             return torch.add
+        if op == "Gemm":
+            return _gemm(at)
+        if op == "Concat":
+            if "axis" not in at:
+                raise ValueError("attribute axis is missing")
+            axis = int(at["axis"])
+            return lambda *xs: torch.cat(xs, dim=axis)
+        if op == "PRelu":  # the slope broadcasts onto x ([C, 1, 1] per channel, or one value)
+            return lambda x, slope: torch.where(x < 0, x * slope, x)
+        if op == "Clip":
+            if "min" in at or "max" in at:
+                raise ValueError("min/max attributes (Clip before opset 11) are not supported: they are inputs "
+                                 "from opset 11")
+            return _clip
+        if op == "GlobalAveragePool":
+            return lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
         raise ValueError(f"unsupported op {op}")  # _STANDARD and this list are kept in step
 
     def _build_custom(self, n, at: dict[str, Any]) -> Callable[..., torch.Tensor]:
@@ -480,13 +539,15 @@ class OnnxRunner:
         return d
 
 
-# op -> (fewest, most) inputs, for the standard ops the exporter emits and xnorpipe's ops
+# op -> (fewest, most) inputs (most None: any number), for the standard ops the exporter emits and
+# xnorpipe's ops (the op table's); the standard ones are _STANDARD
 _ARITY = {"Conv": (2, 3), "Relu": (1, 1), "MaxPool": (1, 1), "AveragePool": (1, 1), "Flatten": (1, 1),
           "Reshape": (2, 2), "Transpose": (1, 1), "GreaterOrEqual": (2, 2), "Where": (3, 3), "Mul": (2, 2),
-          "Add": (2, 2), "XnorConv2d": (5, 5), "XnorConv2dBits": (4, 4), "XnorConv2dBitsBinarize": (5, 5),
-          "BitMaxPool": (1, 1), "Binarize": (2, 2), "ConvBinarize": (4, 4), "AvgPoolBinarize": (2, 2)}
-_STANDARD = ("Conv", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape", "Transpose",
-             "GreaterOrEqual", "Where", "Mul", "Add")
+          "Add": (2, 2), "Gemm": (2, 3), "Concat": (1, None), "PRelu": (2, 2), "Clip": (1, 3),
+          "GlobalAveragePool": (1, 1),
+          **{op.name: (len(op.inputs), len(op.inputs)) for op in OPS.values()}}
+_STANDARD = ("Conv", "Relu", "MaxPool", "AveragePool", "Flatten", "Reshape", "Transpose", "GreaterOrEqual",
+             "Where", "Mul", "Add", "Gemm", "Concat", "PRelu", "Clip", "GlobalAveragePool")
 
 
 @contextlib.contextmanager

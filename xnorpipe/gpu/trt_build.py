@@ -76,7 +76,7 @@ SPLIT_OPS = ("ConvBinarize", "AvgPoolBinarize")
 def check_plugin_ops(model, path: str | os.PathLike, gpu_kernels: str = "triton") -> None:
     """One-line XnorpipeError, before TensorRT is imported, for a model the plugins cannot build:
     an xnorpipe op without a plugin, or any op but XnorConv2d with --gpu-kernels cuda."""
-    from xnorpipe.deploy.onnx_export import DOMAIN
+    from xnorpipe.deploy.onnx import DOMAIN
     from xnorpipe.gpu.trt_plugin import PLUGIN_ATTRS
 
     if gpu_kernels not in GPU_KERNELS:
@@ -111,30 +111,28 @@ def _split_fused(node) -> list:
     The standard ops keep the node's attributes; Binarize keeps its name and output."""
     from onnx import helper
 
-    from xnorpipe.deploy.onnx_export import DOMAIN
+    from xnorpipe.deploy.onnx import BINARIZE, OPS, make_node
 
     at = _attr_dict(node)
     base = node.name or node.output[0]
-    keep = ("kernel_shape", "strides", "pads") + (("dilations", "group") if node.op_type == "ConvBinarize" else ())
-    std = {k: at[k] for k in keep if k in at}
+    op = OPS[node.op_type]
+    if len(node.input) != len(op.inputs):
+        raise XnorpipeError(f"node {base!r} (xnorpipe::{op.name}) has {len(node.input)} inputs, "
+                            f"expected {len(op.inputs)}")
+    std = {k: at[k] for k in op.attribute_names if k != "relu" and k in at}  # the standard op's attributes
     if node.op_type == "ConvBinarize":
-        if len(node.input) != 4:
-            raise XnorpipeError(f"node {base!r} (xnorpipe::ConvBinarize) has {len(node.input)} inputs, expected 4")
         y = f"{node.output[0]}.conv"
         out = [helper.make_node("Conv", list(node.input[:3]), [y], name=f"{base}.conv", **std)]
-        if int(at.get("relu", 0)):
+        if int(at.get("relu", op.defaults["relu"])):
             out.append(helper.make_node("Relu", [y], [f"{y}.relu"], name=f"{base}.relu"))
             y = f"{y}.relu"
         threshold = node.input[3]
     else:
-        if len(node.input) != 2:
-            raise XnorpipeError(f"node {base!r} (xnorpipe::AvgPoolBinarize) has {len(node.input)} inputs, "
-                                "expected 2")
         y = f"{node.output[0]}.pool"
         out = [helper.make_node("AveragePool", [node.input[0]], [y], name=f"{base}.pool", count_include_pad=1,
                                 **std)]
         threshold = node.input[1]
-    out.append(helper.make_node("Binarize", [y, threshold], list(node.output), name=base, domain=DOMAIN))
+    out.append(make_node(BINARIZE, [y, threshold], node.output, name=base))
     return out
 
 
@@ -143,14 +141,14 @@ def _mark_plugin_node(node, gpu_kernels: str) -> None:
     plugin_namespace and aot."""
     from onnx import helper
 
-    from xnorpipe.gpu.trt_plugin import ATTR_DEFAULTS, PLUGIN_ATTRS, PLUGIN_INPUTS, PLUGIN_NAMESPACE
+    from xnorpipe.gpu.trt_plugin import PLUGIN_ATTRS, PLUGIN_DEFAULTS, PLUGIN_INPUTS, PLUGIN_NAMESPACE
 
     label = f"node {node.name or node.output[0]!r} (xnorpipe::{node.op_type})"
     if len(node.input) != PLUGIN_INPUTS[node.op_type] or len(node.output) != 1:
         raise XnorpipeError(f"{label} has {len(node.input)} inputs and {len(node.output)} outputs; the plugin "
                             f"takes {PLUGIN_INPUTS[node.op_type]} and gives 1")
     at = {k: v for k, v in _attr_dict(node).items() if k not in ("plugin_namespace", "aot")}
-    names = PLUGIN_ATTRS[node.op_type]
+    names, defaults = PLUGIN_ATTRS[node.op_type], PLUGIN_DEFAULTS[node.op_type]
     extra = sorted(set(at) - set(names))
     if extra:
         raise XnorpipeError(f"{label} has attribute(s) {', '.join(extra)} that its TensorRT plugin does not take")
@@ -160,8 +158,8 @@ def _mark_plugin_node(node, gpu_kernels: str) -> None:
     for name in names:
         if name in at:
             values.append(at[name])
-        elif name in ATTR_DEFAULTS:
-            values.append(ATTR_DEFAULTS[name])
+        elif name in defaults:
+            values.append(defaults[name])
         else:
             raise XnorpipeError(f"{label} lacks the required attribute {name}")
     del node.attribute[:]
@@ -177,7 +175,7 @@ def prepare_onnx(model, gpu_kernels: str = "triton") -> int:
     XnorConv2d says which kernel) plus `plugin_namespace` and `aot`, and keep the model-local
     functions the nodes now use, so stock ONNX Runtime still runs the result. Returns the
     number of plugin nodes."""
-    from xnorpipe.deploy.onnx_export import DOMAIN, functions_for
+    from xnorpipe.deploy.onnx import DOMAIN, functions_for
 
     check_plugin_ops(model, model.graph.name or "the model", gpu_kernels)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
@@ -229,7 +227,7 @@ def build_serialized_engine(onnx_path: str | os.PathLike, *, fp16: bool = False,
     Batch profile: min 1, opt `opt_batch`, max `max_batch` when the ONNX batch is dynamic.
     The timing cache, when given, is read if it exists and written back atomically.
     """
-    from xnorpipe.deploy.onnx_export import load_onnx, model_metadata
+    from xnorpipe.deploy.onnx import load_onnx, model_metadata
     from xnorpipe.utils import atomic_write_bytes
 
     onnx_path = Path(onnx_path)

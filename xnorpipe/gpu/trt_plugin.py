@@ -17,7 +17,9 @@ TensorRT's ONNX parser maps a node `<op>` with attribute `plugin_namespace="xnor
 plugin `xnorpipe::<op>`; `aot=1` asks for the AOT implementation. The parser hands the node's
 attributes to the plugin in the node's order, and the AOT implementation receives them
 positionally in that order: trt_build writes them in the order of PLUGIN_ATTRS, which is the
-order of the functions below. `register_plugins()` imports TensorRT; importing this module
+order of the functions below. PLUGIN_ATTRS, PLUGIN_INPUTS, the defaults, io types and bit outputs
+are read from the op table (xnorpipe.deploy.onnx.ops); the signatures below must match it
+(tests/test_onnx_ops.py checks them). `register_plugins()` imports TensorRT; importing this module
 does not. Everything but the decorated functions is plain Python, tested without TensorRT.
 """
 
@@ -27,24 +29,27 @@ import threading
 
 import numpy as np
 import numpy.typing as npt
+from onnx import TensorProto
 
+from xnorpipe.deploy.onnx.ops import OPS
 from xnorpipe.gpu import plan as _plan
 
 PLUGIN_NAMESPACE = "xnorpipe"
-CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "relu")
-POOL_ATTRS = ("kernel_shape", "strides", "pads")
-# op -> its attributes, in the order the plugin functions declare them
-PLUGIN_ATTRS = {
-    "XnorConv2d": CONV_ATTRS + ("cuda_kernel",),
-    "XnorConv2dBits": CONV_ATTRS + ("channels",),
-    "XnorConv2dBitsBinarize": CONV_ATTRS + ("channels",),
-    "BitMaxPool": POOL_ATTRS,
-    "Binarize": (),
-}
-PLUGIN_INPUTS = {"XnorConv2d": 5, "XnorConv2dBits": 4, "XnorConv2dBitsBinarize": 5, "BitMaxPool": 1,
-                 "Binarize": 2}
-ATTR_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0,
-                 "cuda_kernel": 0}
+# the ops with a plugin: trt_build splits ConvBinarize and AvgPoolBinarize, refuses ConvIntegerBinarize
+PLUGIN_OPS = ("XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize", "BitMaxPool", "Binarize")
+NOT_TAKEN = ("shuffle_output",)  # table attributes the plugins lack (trt_build refuses shuffle_output=1)
+# the plugins' own attributes and their defaults: cuda_kernel=1 runs the hand-written kernel (plugins/cuda)
+OWN_ATTRS = {"XnorConv2d": {"cuda_kernel": 0}}
+CONV_ATTRS = OPS["XnorConv2d"].attribute_names  # conv_attrs()'s parameters
+# op -> its attributes, in the order the plugin functions declare them: the table's, then the plugin's own
+PLUGIN_ATTRS = {op: tuple(a for a in OPS[op].attribute_names if a not in NOT_TAKEN) + tuple(OWN_ATTRS.get(op, ()))
+                for op in PLUGIN_OPS}
+PLUGIN_INPUTS = {op: len(OPS[op].inputs) for op in PLUGIN_OPS}
+# op -> the defaults of its optional plugin attributes (the table's, and the plugin's own)
+PLUGIN_DEFAULTS = {op: {**{k: list(v) if isinstance(v, tuple) else v for k, v in OPS[op].defaults.items()
+                           if k in PLUGIN_ATTRS[op]}, **OWN_ATTRS.get(op, {})}
+                   for op in PLUGIN_OPS}
+_TRT_TYPES = {TensorProto.FLOAT: "FP32", TensorProto.INT32: "INT32"}
 # TensorRT's AOT launch cannot opt in to more than the default dynamic shared memory
 SMEM_LIMIT = _plan.SMEM_LIMIT
 
@@ -103,7 +108,7 @@ def output_shape(op: str, input_shapes, attrs: dict) -> tuple:
     a = conv_attrs(*(attrs[k] for k in CONV_ATTRS))
     m = input_shapes[1][0]
     ho, wo = _hw(h, w, a)
-    return (n, words(m) if op == "XnorConv2dBitsBinarize" else m, ho, wo)
+    return (n, words(m) if OPS[op].writes_bits else m, ho, wo)
 
 
 def _hw(h, w, a: _plan.ConvAttrs):
@@ -112,17 +117,12 @@ def _hw(h, w, a: _plan.ConvAttrs):
 
 
 def output_is_bits(op: str) -> bool:
-    return op in ("XnorConv2dBitsBinarize", "BitMaxPool", "Binarize")
+    return OPS[op].writes_bits
 
 
 def io_types(op: str) -> str:
-    """The op's input and output types, AutoTuneCombination style (the contract's, linear)."""
-    types = {"XnorConv2d": "FP32, INT32, FP32, FP32, FP32, FP32",
-             "XnorConv2dBits": "INT32, INT32, FP32, FP32, FP32",
-             "XnorConv2dBitsBinarize": "INT32, INT32, FP32, FP32, FP32, INT32",
-             "BitMaxPool": "INT32, INT32",
-             "Binarize": "FP32, FP32, INT32"}
-    return types[op]
+    """The op's input and output types, AutoTuneCombination style (the op table's, linear)."""
+    return ", ".join(_TRT_TYPES[t.dtype] for t in (*OPS[op].inputs, OPS[op].output))
 
 
 # ---------------------------------------------------------------- launch arithmetic
@@ -162,7 +162,7 @@ def aot_launch_triton(op: str, input_shapes, attrs: dict, capability: tuple[int,
     c, h, w = static_chw(x, op)
     kw = {k: (_ints(v) if k in ("kernel_shape", "strides", "pads", "dilations") else _int(v))
           for k, v in attrs.items() if k != "cuda_kernel"}
-    if op in ("XnorConv2d", "XnorConv2dBits", "XnorConv2dBitsBinarize"):
+    if OPS[op].binary_conv:
         m = _const(input_shapes[1][0])
         if m is None:
             raise ValueError(f"{op}: the TensorRT plugin needs a static number of filters")

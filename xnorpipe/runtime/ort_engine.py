@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.runtime.base import Engine
+from xnorpipe.runtime.base import FIRST_LAYER, XNOR_FORM, Engine
 
 
 def _first_line(e: Exception) -> str:
@@ -39,9 +39,10 @@ def _run_error(e: Exception) -> str:
 
 class OrtEngine(Engine):
     name = "ort"
-    form = "portable"  # the form emitted when given a DeployModel instead of a file
-    forms: tuple[str, ...] = ("portable",)  # forms `form=` may pick
-    custom_op_library = False  # xnorpipe ops run on libxnorpipe_ort.so (no function body needed)
+    summary = "stock ONNX Runtime"
+    forms = ("portable",)
+    default_form = "portable"
+    custom_op_library = False  # True: xnorpipe ops run on libxnorpipe_ort.so (no function body needed)
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, optimization: str = "all", form: str | None = None,
@@ -50,24 +51,22 @@ class OrtEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise XnorpipeError(f"engine {self.name}: onnxruntime is not installed") from None
-        from xnorpipe.deploy import onnx_export
+        from xnorpipe.deploy import onnx as deploy_onnx
 
-        if form is not None:
-            if form not in self.forms:
-                raise XnorpipeError(f"engine {self.name} emits the {' or '.join(self.forms)} form, "
-                                    f"not {form!r}")
-            self.form = form
+        if form is not None and form not in self.forms:
+            raise XnorpipeError(f"engine {self.name} emits the {' or '.join(self.forms)} form, not {form!r}")
+        form = form or self.default_form
         if onnx_path is not None:
-            proto = onnx_export.load_onnx(onnx_path, custom_op_library=self.custom_op_library)
+            proto = deploy_onnx.load_onnx(onnx_path, custom_op_library=self.custom_op_library)
             source = str(onnx_path)
         elif model is not None:
-            proto = onnx_export.build_onnx(model, self.form)
-            source = f"<{model.arch}.{self.form} in memory>"
+            proto = deploy_onnx.build_onnx(model, form)
+            source = f"<{model.arch}.{form} in memory>"
         else:
             raise XnorpipeError(f"engine {self.name} needs an ONNX file or a model")
-        self.custom_nodes = onnx_export.count_custom_nodes(proto)
-        self.op_types = onnx_export.custom_op_types(proto)
-        self.metadata = onnx_export.model_metadata(proto)
+        self.custom_nodes = deploy_onnx.count_custom_nodes(proto)
+        self.op_types = deploy_onnx.custom_op_types(proto)
+        self.metadata = deploy_onnx.model_metadata(proto)
         self.model_form = self.metadata.get("xnorpipe.form")  # the form actually run (None: foreign file)
         self.source = source
         self._check_model()
@@ -82,7 +81,6 @@ class OrtEngine(Engine):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
-        self._configure(so)
         self.library = self._register(so)
         self.threads = threads
         try:
@@ -104,9 +102,6 @@ class OrtEngine(Engine):
 
     def _register(self, so) -> str | None:
         return None
-
-    def _configure(self, so) -> None:
-        pass
 
     def prepare_input(self, x: np.ndarray) -> np.ndarray:
         """The batch as the model takes it: float32 NCHW, or, for a model with the integer first
@@ -158,19 +153,17 @@ def _normalisation(meta: dict[str, str], source: str) -> tuple[np.ndarray, np.nd
 
 class OrtXnorEngine(OrtEngine):
     name = "ort-xnor"
-    form = "packed-bits"
+    summary = "ONNX Runtime with xnorpipe's custom-op library"
     forms = ("packed", "packed-bits")
+    default_form = "packed-bits"
+    first_layer_forms = ("packed-bits",)
     custom_op_library = True
+    options = (XNOR_FORM, FIRST_LAYER)
 
     def _check_model(self) -> None:
         if self.custom_nodes == 0:
             raise XnorpipeError(f"engine ort-xnor needs a packed or packed-bits model (xnorpipe::XnorConv2d "
                                 f"nodes); {self.source} has none: use --engine ort for it")
-
-    def _configure(self, so) -> None:
-        # NCHWc would put a ReorderOutput between the first float conv and the custom ops
-        # (measured: batch 1 and 64 both faster without it).
-        so.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
 
     def _register(self, so) -> str:
         from xnorpipe.native import ort_library_path
@@ -199,34 +192,12 @@ def _library_implements(library: str, op_type: str) -> bool:
     if key not in _IMPLEMENTS:
         import onnxruntime as ort
 
-        from xnorpipe.deploy import ir, onnx_export
-        from xnorpipe.deploy.first_layer import integer_layer
-        from xnorpipe.deploy.packing import pack_weights
+        from xnorpipe.deploy import onnx as deploy_onnx
 
-        c = 32
-        layer = ir.BinaryConv(weight_bits=pack_weights(np.ones((1, c, 1, 1), bool)),
-                              threshold=np.zeros(c, np.float32), scale=np.ones(1, np.float32),
-                              bias=np.zeros(1, np.float32), kernel_shape=(1, 1))
-        shape = (1, c, 1, 1)
-        probes = {onnx_export.OP_NAME: lambda: onnx_export.xnor_conv_model(layer, shape),
-                  onnx_export.BINARIZE: lambda: onnx_export.binarize_model(layer.threshold, shape),
-                  onnx_export.CONV_BITS: lambda: onnx_export.xnor_conv_bits_model(layer, shape),
-                  onnx_export.CONV_BITS_BINARIZE: lambda: onnx_export.xnor_conv_bits_model(
-                      layer, shape, output_threshold=np.zeros(1, np.float32)),
-                  onnx_export.BIT_MAX_POOL: lambda: onnx_export.bit_max_pool_model(
-                      ir.MaxPool((1, 1), (1, 1)), shape),
-                  onnx_export.CONV_BINARIZE: lambda: onnx_export.conv_binarize_model(
-                      ir.FloatConv(weight=np.ones((1, c, 1, 1), np.float32), bias=np.zeros(1, np.float32)),
-                      np.zeros(1, np.float32), shape),
-                  onnx_export.AVG_POOL_BINARIZE: lambda: onnx_export.avg_pool_binarize_model(
-                      ir.AvgPool((1, 1), (1, 1)), layer.threshold, shape),
-                  onnx_export.CONV_INTEGER_BINARIZE: lambda: onnx_export.conv_integer_binarize_model(
-                      integer_layer(np.ones((1, 3, 1, 1), np.int8), np.zeros(3, np.uint8),
-                                    np.zeros((1, 1, 1), np.int16), np.zeros(1, np.int32)), (1, 1, 1, 3))}
-        if op_type not in probes:
+        if op_type not in deploy_onnx.OPS:
             _IMPLEMENTS[key] = False
         else:
-            m = probes[op_type]()
+            m = deploy_onnx.probe_model(op_type)  # the op table's smallest one-node model
             del m.functions[:]
             so = ort.SessionOptions()
             so.register_custom_ops_library(library)

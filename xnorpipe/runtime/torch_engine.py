@@ -8,11 +8,15 @@ import numpy as np
 import torch
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.runtime.base import Engine
+from xnorpipe.runtime.base import DEVICE, Engine
 
 
 class TorchEngine(Engine):
     name = "torch"
+    summary = "the deploy module in eager PyTorch"
+    source = "deploy"
+    devices = ("cpu", "cuda")
+    options = (DEVICE,)
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, device: str = "cpu", **options: Any) -> None:

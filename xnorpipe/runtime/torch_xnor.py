@@ -20,7 +20,7 @@ import torch
 
 from xnorpipe.errors import XnorpipeError
 from xnorpipe.gpu import plan as _plan
-from xnorpipe.runtime.base import Engine
+from xnorpipe.runtime.base import CUDA_GRAPHS, CUDA_KERNEL_FORM, DEVICE, GPU_KERNELS, XNOR_FORM, Engine
 
 
 def _first_line(e: BaseException) -> str:
@@ -217,14 +217,17 @@ def resolve_device(device: str, gpu_kernels: str = "triton") -> torch.device:
 
 class TorchXnorEngine(Engine):
     name = "torch-xnor"
-    device = "cuda"
-    form = "packed-bits"  # the form emitted from a DeployModel; "packed" with gpu_kernels="cuda"
+    summary = "xnorpipe's Triton or CUDA kernels from PyTorch"
     forms = FORMS
+    default_form = "packed-bits"
+    implied_forms = {(GPU_KERNELS.param, "cuda"): CUDA_KERNEL_FORM}
+    devices = ("cuda", "cpu")  # cpu: the Triton kernels in Triton's interpreter, a test mode
+    options = (DEVICE, XNOR_FORM, GPU_KERNELS, CUDA_GRAPHS)
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, device: str = "auto", gpu_kernels: str = "triton",
                  form: str | None = None, cuda_graphs: bool = True, **options: Any) -> None:
-        from xnorpipe.deploy import onnx_export
+        from xnorpipe.deploy import onnx as deploy_onnx
         from xnorpipe.gpu.onnx_runner import KERNEL_SETS, OnnxRunner, check_supported
 
         if gpu_kernels not in KERNEL_SETS:
@@ -232,18 +235,18 @@ class TorchXnorEngine(Engine):
         if form is not None and form not in self.forms:
             raise XnorpipeError(f"engine torch-xnor runs the {' or '.join(self.forms)} form, not {form!r}")
         if onnx_path is not None:
-            proto = onnx_export.load_onnx(onnx_path, custom_op_library=True)  # runs the ops itself
+            proto = deploy_onnx.load_onnx(onnx_path, custom_op_library=True)  # runs the ops itself
             source = str(onnx_path)
         elif model is not None:
-            form = form or ("packed" if gpu_kernels == "cuda" else self.form)
-            if not onnx_export.has_binary_layers(model):
+            form = form or self.form_for({GPU_KERNELS.param: gpu_kernels})
+            if not deploy_onnx.has_binary_layers(model):
                 raise XnorpipeError(f"engine torch-xnor needs binary layers; {model.arch} is a float arch: "
                                     "use --engine torch")
-            proto = onnx_export.build_onnx(model, form)
+            proto = deploy_onnx.build_onnx(model, form)
             source = f"<{model.arch}.{form} in memory>"
         else:
             raise XnorpipeError("engine torch-xnor needs an ONNX file (--onnx) or a model (--arch)")
-        if onnx_export.count_custom_nodes(proto) == 0:
+        if deploy_onnx.count_custom_nodes(proto) == 0:
             raise XnorpipeError(f"engine torch-xnor needs a packed or packed-bits model (xnorpipe::XnorConv2d "
                                 f"nodes); {source} has none: use --engine torch or ort for it")
         check_supported(proto, gpu_kernels, source)  # model errors first: they need no GPU to report
@@ -252,7 +255,7 @@ class TorchXnorEngine(Engine):
         if threads and self.dev.type == "cpu":
             torch.set_num_threads(threads)
         self.source = source
-        self.model_form = onnx_export.model_form(proto)
+        self.model_form = deploy_onnx.model_form(proto)
         self.runner = OnnxRunner(proto, device=self.dev, kernels=gpu_kernels, source=source)
         self.cuda_graphs = bool(cuda_graphs) and self.dev.type == "cuda"
         self._graphs: dict[tuple[int, ...], Any] = {}

@@ -15,22 +15,30 @@ from typing import Any
 import numpy as np
 
 from xnorpipe.errors import XnorpipeError
-from xnorpipe.runtime.base import Engine
+from xnorpipe.runtime.base import CUDA_KERNEL_FORM, GPU_KERNELS, XNOR_FORM, Engine
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 class TrtEngine(Engine):
     name = "trt"
-    device = "cuda"
+    summary = "TensorRT with xnorpipe's plugins"
+    forms = ("packed", "packed-bits", "portable")  # portable: a float arch's only form
+    default_form = "packed"
+    implied_forms = {(GPU_KERNELS.param, "cuda"): CUDA_KERNEL_FORM}
+    devices = ("cuda",)
+    options = (XNOR_FORM, GPU_KERNELS)
 
     def __init__(self, *, model=None, onnx_path: str | None = None, threads: int | None = None,
                  batch_size: int = 1, fp16: bool = False, max_batch: int | None = None,
                  workspace_mb: int | None = None, timing_cache: str | None = None,
-                 gpu_kernels: str = "triton", **options: Any) -> None:
-        from xnorpipe.deploy.onnx_export import load_onnx
+                 gpu_kernels: str = "triton", form: str | None = None, **options: Any) -> None:
+        """`form`: the form bench exported `onnx_path` in (checked; the file is what runs)."""
+        from xnorpipe.deploy.onnx import load_onnx
         from xnorpipe.gpu.trt_build import build_serialized_engine, check_plugin_ops, import_tensorrt, require_gpu
 
+        if form is not None and form not in self.forms:
+            raise XnorpipeError(f"engine trt runs the {', '.join(self.forms)} forms, not {form!r}")
         if onnx_path is None:
             raise XnorpipeError("the trt engine needs --onnx: an ONNX export or a serialized "
                                 "TensorRT engine (.engine/.plan from `xnorpipe build-engine`)")
