@@ -247,3 +247,34 @@ def test_birealnet18_trains_and_evaluates_at_224(train_tree, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["top1"] == pytest.approx(result["test_top1"])
     assert json.loads(r.stdout)["model_kwargs"] == {"width": 4, "scaling": "none"}
+
+
+def test_random_init_with_model_args_exports_and_rebuilds_its_reference(tmp_path, train_tree):
+    """`export --random-init --model-arg width=8` records the arguments, and `bench --onnx` rebuilds
+    that reference from them (synthetic calibration, no --data needed) for parity; hostile
+    recorded arguments are refused in one line."""
+    import onnx
+
+    from xnorpipe.deploy import onnx as deploy_onnx
+
+    r = invoke("export", "--arch", "birealnet18_cifar", "--random-init", "--model-arg", "width=8",
+               "--form", "packed", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "birealnet18_cifar.packed.onnx"
+    assert deploy_onnx.model_metadata(onnx.load(str(path)))["xnorpipe.model_kwargs"] == '{"width": 8}'
+    r = invoke("bench", "--onnx", path, "--engine", "ort,torch", "--iters", 1, "--warmup", 0, "--json",
+               "--data", train_tree.path, "--batch-size", 20)
+    assert r.exit_code == 0, r.output
+    assert "parity is skipped" not in r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["engine"] for row in rows] == ["ort", "torch"]
+    for row in rows:  # the reference rebuilt at width 8: the logits match (width 64 would not)
+        assert row["agreement"] >= 98.0 and row["median_abs_diff"] < 1e-5, row
+    m = onnx.load(str(path))
+    onnx.helper.set_model_props(m, {**deploy_onnx.model_metadata(m), "xnorpipe.model_kwargs": '{"width": 1e400}'})
+    onnx.save(m, str(path))
+    r = invoke("bench", "--onnx", path, "--engine", "ort", "--iters", 1, "--warmup", 0)
+    assert r.exit_code != 0 and "model_kwargs" in r.output and "Traceback" not in r.output, r.output
+    r = invoke("export", "--arch", "birealnet18_cifar", "--checkpoint", tmp_path / "none.pth.tar", "--model-arg",
+               "width=8", "--out", tmp_path)
+    assert r.exit_code != 0 and "--model-arg applies to --random-init" in r.output, r.output

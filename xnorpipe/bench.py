@@ -117,8 +117,10 @@ def _rebuild_reference(meta: dict[str, str], checkpoint: str | None, notes: list
                 notes.append(f"random-init export calibrated on other images than --data's "
                              f"({calibration[:17]}...): parity is skipped")
                 return arch, None
-            return arch, sources.load_source_model(arch, random_init=True, data=data)[0]
-        return arch, sources.load_source_model(arch, random_init=True)[0]
+            return arch, sources.load_source_model(arch, random_init=True, data=data,
+                                                   model_kwargs=sources.model_kwargs_from_metadata(meta))[0]
+        return arch, sources.load_source_model(arch, random_init=True,
+                                               model_kwargs=sources.model_kwargs_from_metadata(meta))[0]
     if checkpoint is None and not default_checkpoint(arch).is_file():
         notes.append(f"no checkpoint for {arch} ({default_checkpoint(arch)}): parity is skipped; "
                      "pass --checkpoint")
@@ -157,7 +159,8 @@ def _check_first_layer(engines: Sequence[str], forms: dict[str, str]) -> list[st
 
 def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                     onnx_path: str | None = None, random_init: bool = False,
-                    engines: Sequence[str] = (), data: str | None = None, **options: Any) -> BenchSources:
+                    engines: Sequence[str] = (), data: str | None = None, model_kwargs: dict | None = None,
+                    **options: Any) -> BenchSources:
     """Resolve --arch/--checkpoint/--onnx into the model(s) the engines run and the reference.
 
     `options`: the engine options' values by name (xnorpipe.runtime.engine_options: xnor_form,
@@ -167,7 +170,8 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
     calibrated on `data`'s first training images (else synthetic ones).
 
     `data` (--data) also calibrates a --random-init model's BatchNorm, as `xnorpipe export` does,
-    and rebuilds the reference of an --onnx random-init export calibrated on it."""
+    and rebuilds the reference of an --onnx random-init export calibrated on it; `model_kwargs`
+    (--model-arg) are a --random-init model's builder arguments."""
     from xnorpipe.deploy import onnx as deploy_onnx
     from xnorpipe.runtime import FIRST_LAYER, engine_options, engines_with, resolve_options
     from xnorpipe.sources import load_source_model
@@ -176,8 +180,8 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
         raise XnorpipeError("give exactly one of --arch or --onnx")
     values = resolve_options(options)
     if onnx_path is not None:
-        if random_init:
-            raise XnorpipeError("--random-init applies to --arch, not to --onnx")
+        if random_init or model_kwargs:
+            raise XnorpipeError(f"{'--random-init' if random_init else '--model-arg'} applies to --arch, not to --onnx")
         # metadata and input only: each engine loads the file itself, and the custom-op engines run
         # it without function bodies too
         proto = deploy_onnx.load_onnx(onnx_path, custom_op_library=True)
@@ -196,7 +200,8 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                                 f"{list(deploy.input_shape)}")
         return BenchSources(arch=arch, deploy=deploy, reference=reference, input_shape=input_shape,
                             given_onnx=str(onnx_path), options=values, notes=notes)
-    reference, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
+    reference, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None,
+                                            model_kwargs=model_kwargs)
     deploy = _fold(reference, arch, metadata)
     sources = BenchSources(arch=arch, deploy=deploy, reference=reference, input_shape=tuple(deploy.input_shape),
                            options=values)

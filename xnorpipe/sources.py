@@ -82,14 +82,35 @@ def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int = 
     return model
 
 
+def model_kwargs_from_metadata(meta: dict[str, str]) -> dict:
+    """The builder arguments a random-init export records (`xnorpipe.model_kwargs`, JSON), checked
+    as plain values like a checkpoint's (a file's metadata is untrusted input)."""
+    import json
+
+    from xnorpipe.models import plain_model_kwargs
+
+    text = meta.get("xnorpipe.model_kwargs")
+    if text is None:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except (ValueError, RecursionError):
+        raise XnorpipeError("the ONNX file's xnorpipe.model_kwargs is not JSON") from None
+    return plain_model_kwargs(kwargs, "the ONNX file's xnorpipe.model_kwargs")
+
+
 def load_source_model(arch: str, checkpoint: str | os.PathLike | None = None, random_init: bool = False,
-                      data: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, str]]:
+                      data: str | os.PathLike | None = None,
+                      model_kwargs: dict | None = None) -> tuple[nn.Module, dict[str, str]]:
     """The model to deploy (eval mode) and the provenance metadata for its exports.
 
-    `random_init` builds `arch` under a fixed seed and calibrates its BatchNorm statistics on
-    `data` (else the synthetic set), so a random-init export can be rebuilt (e.g. by
-    `xnorpipe bench` for parity) from its metadata. `data` is not used for a checkpoint.
+    `random_init` builds `arch` (with the builder arguments `model_kwargs`) under a fixed seed
+    and calibrates its BatchNorm statistics on `data` (else the synthetic set), so a random-init
+    export can be rebuilt (e.g. by `xnorpipe bench` for parity) from its metadata. `data` is not
+    used for a checkpoint, nor `model_kwargs`: a checkpoint records its model's arguments.
     """
+    import json
+
     from xnorpipe.checkpoint import default_checkpoint, load_checkpoint
     from xnorpipe.models import build_model, get_model_spec
     from xnorpipe.utils import sha256_file
@@ -100,11 +121,16 @@ def load_source_model(arch: str, checkpoint: str | os.PathLike | None = None, ra
         images = synthetic_calibration_images() if data is None else data_calibration_images(data)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model = build_model(arch)
+            model = build_model(arch, **(model_kwargs or {}))
         calibrate_batchnorm(model, images, image_size=get_model_spec(arch).image_size)
-        return model, {"xnorpipe.random_init": "true", "xnorpipe.random_seed": str(RANDOM_INIT_SEED),
-                       "xnorpipe.random_calibration": calibration_tag(images, data),
-                       "xnorpipe.checkpoint_sha256": "none"}
+        meta = {"xnorpipe.random_init": "true", "xnorpipe.random_seed": str(RANDOM_INIT_SEED),
+                "xnorpipe.random_calibration": calibration_tag(images, data),
+                "xnorpipe.checkpoint_sha256": "none"}
+        if model_kwargs:
+            meta["xnorpipe.model_kwargs"] = json.dumps(model_kwargs, sort_keys=True)
+        return model, meta
+    if model_kwargs:
+        raise XnorpipeError("--model-arg applies to --random-init: a checkpoint records its model's arguments")
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(arch)
     if not path.is_file():
         raise XnorpipeError(f"checkpoint not found: {path} (train one with `xnorpipe train --arch {arch}`, "

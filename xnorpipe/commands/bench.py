@@ -56,6 +56,7 @@ def _engine_options(command):
 @options.checkpoint("Checkpoint of --arch, or the PyTorch reference for --onnx "
                     "[default: checkpoints/cifar10_<arch>_best.pth.tar].")
 @options.random_init()
+@options.model_args()
 @options.data()
 @options.test_subset()
 @options.batch_size(1)
@@ -66,14 +67,15 @@ def _engine_options(command):
               help="Untimed runs before timing.")
 @_engine_options
 @options.json_output()
-def bench(engines, onnx_path, arch, checkpoint, random_init, data, test_subset, batch_size,
+def bench(engines, onnx_path, arch, checkpoint, random_init, model_args, data, test_subset, batch_size,
           threads, iters, warmup, as_json, **engine_values):
     """Benchmark engines on one model (--arch, exported in-process, or --onnx FILE)."""
     from xnorpipe import bench as lib
 
     names = lib.read_engine_list(engines)
     sources = lib.prepare_sources(arch=arch, checkpoint=checkpoint, onnx_path=onnx_path,
-                                  random_init=random_init, engines=names, data=data, **engine_values)
+                                  random_init=random_init, engines=names, data=data, model_kwargs=model_args,
+                                  **engine_values)
     try:
         images = labels = None
         if data:

@@ -19,6 +19,7 @@ def _kib(n: int) -> str:
               help=cli_help())
 @options.out_dir("exports", "Output folder.")
 @options.random_init()
+@options.model_args()
 @options.data()
 @click.option("--opset", type=click.IntRange(min=1), default=DEFAULT_OPSET, show_default=True,
               help=f"ai.onnx opset: portable needs >= {MIN_OPSET['portable']}, the other forms >= "
@@ -31,7 +32,7 @@ def _kib(n: int) -> str:
 @click.option("--allow-nonfinite", is_flag=True,
               help="Export weights or BatchNorm statistics holding NaN or inf (refused by default: the forms "
               "may disagree on them).")
-def export(arch, checkpoint, form, out, random_init, data, opset, first_layer, allow_nonfinite):
+def export(arch, checkpoint, form, out, random_init, model_args, data, opset, first_layer, allow_nonfinite):
     """Fold BatchNorm and scaling factors and export ONNX (<out>/<arch>.<form>.onnx).
 
     All forms of one run are written together: the folder never holds forms of this arch from
@@ -48,7 +49,8 @@ def export(arch, checkpoint, form, out, random_init, data, opset, first_layer, a
         if click.get_current_context().get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
             click.echo("note: --data only calibrates --random-init models and --first-layer int8: not used")
         data = None
-    model, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None)
+    model, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None,
+                                        model_kwargs=model_args)
     deploy = fold_model(model, arch=arch, input_shape=get_model_spec(arch).input_shape, metadata=metadata,
                         allow_nonfinite=allow_nonfinite)
     forms, note = resolve_forms(deploy, form, first_layer)

@@ -84,7 +84,7 @@ def _arch_paths(out_dir: Path, arch: str) -> list[Path]:
 # Metadata that names the model a file was exported from: files of one arch in one folder must
 # agree on it (`export`). A checkpoint's hash, or a random init's seed and calibration.
 SOURCE_KEYS = ("xnorpipe.arch", "xnorpipe.checkpoint_sha256", "xnorpipe.random_init", "xnorpipe.random_seed",
-               "xnorpipe.random_calibration", "xnorpipe.weights_sha256")
+               "xnorpipe.random_calibration", "xnorpipe.weights_sha256", "xnorpipe.model_kwargs")
 
 
 def source_of(meta: dict[str, str]) -> tuple[str | None, ...]:
