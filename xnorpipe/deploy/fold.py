@@ -185,7 +185,7 @@ def _binary_conv(conv: BinaryConv2d, threshold: np.ndarray, invert: np.ndarray,
 # --------------------------------------------------------------------------------- tracing
 
 SUPPORTED = ("Conv2d [-> BatchNorm2d], [BatchNorm2d ->] BinaryActivation -> BinaryConv2d [-> BatchNorm2d], "
-             "ReLU, PReLU, Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), + (residual), "
+             "ReLU, PReLU, Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1) or mean((2, 3)), + (residual), "
              "torch.cat on channels, ChannelShuffle (or view -> transpose -> reshape), flatten, Linear, "
              "Dropout, Identity")
 
@@ -267,10 +267,11 @@ class _Folder:
             f = n.target
             return ("add" if f in _ADD else "cat" if f in _CAT else "relu" if f in _RELU
                     else "clip" if f is F.hardtanh else "flatten" if f is torch.flatten
-                    else "gap" if f is F.adaptive_avg_pool2d else "alias" if f in _ALIAS_FUNCTIONS else None)
+                    else "gap" if f is F.adaptive_avg_pool2d else "mean" if f is torch.mean
+                    else "alias" if f in _ALIAS_FUNCTIONS else None)
         if n.op == "call_method":
             return {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "flatten": "flatten",
-                    "view": "reshape", "reshape": "reshape", "contiguous": "alias"}.get(n.target)
+                    "view": "reshape", "reshape": "reshape", "contiguous": "alias", "mean": "mean"}.get(n.target)
         return None
 
     def unsupported(self, n: fx.Node, what: str | None = None) -> XnorpipeError:
@@ -433,6 +434,20 @@ class _Folder:
                 raise self.unsupported(n, f"adaptive average pool to {size}")
             h, w = _shape(args[0])[2:]
             self.emit(ir.AvgPool(kernel_shape=(h, w), strides=(h, w)), args, n)
+        elif kind == "mean":  # x.mean((2, 3)): a global average pool, then flat unless keepdim
+            dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+            dims = {d % 4 for d in dims} if isinstance(dims, (list, tuple)) else None
+            if len(_shape(args[0])) != 4 or dims != {2, 3}:
+                raise self.unsupported(n, "a mean over other dimensions than (2, 3)")
+            h, w = _shape(args[0])[2:]
+            pool = ir.AvgPool(kernel_shape=(h, w), strides=(h, w))
+            if keepdim:
+                self.emit(pool, args, n)
+            else:
+                self.nodes.append(ir.Node(pool, (self.value[args[0]],), f"{n.name}.pool", self.path(n)))
+                self.nodes.append(ir.Node(ir.Flatten(), (f"{n.name}.pool",), n.name, self.path(n)))
+                self.value[n] = n.name
         elif kind == "add":
             if len(args) != 2 or _shape(args[0]) != _shape(args[1]) or n.kwargs.get("alpha", 1) != 1:
                 raise self.unsupported(n, "an add that is not of two tensors of one shape")
