@@ -333,9 +333,12 @@ class _Folder:
             if self.kind(n) != "alias":
                 break
         transpose = chain[-1] if chain else None
+        order = None
+        if transpose is not None and transpose.op == "call_method" and transpose.target == "permute":
+            order = transpose.args[1] if len(transpose.args) == 2 else transpose.args[1:]  # permute((..)) or (..)
         swaps = (transpose is not None and transpose.op == "call_method"
                  and ((transpose.target == "transpose" and sorted(transpose.args[1:3]) == [1, 2])
-                      or (transpose.target == "permute" and list(transpose.args[1:]) in ([0, 2, 1, 3, 4],))))
+                      or (order is not None and list(order) == [0, 2, 1, 3, 4])))
         if swaps:
             n = transpose
             while len(n.users) == 1:
