@@ -231,10 +231,10 @@ def test_bench_resizes_cifar_images_for_reference_and_engines(tiny_archs):
 
 def _exported(tmp_path, arch, forms=("portable",), first_layer=None):
     from xnorpipe.deploy import onnx as deploy_onnx
-    from xnorpipe.sources import load_source_model
+    from xnorpipe.sources import fold_arch, load_source_model
 
     model, meta = load_source_model(arch, random_init=True)
-    deploy = lib._fold(model, arch, meta)
+    deploy = fold_arch(model, arch, metadata=meta)
     return {f.form: f.path for f in deploy_onnx.export(deploy, forms, tmp_path, first_layer=first_layer)}, deploy
 
 

@@ -55,14 +55,6 @@ def engine_forms(engines: Sequence[str], options: dict[str, Any] | None = None) 
     return {name: form for name, form in forms.items() if form is not None}
 
 
-def _fold(reference: torch.nn.Module, arch: str, metadata: dict[str, str] | None = None):
-    """The DeployModel of `reference`, traced on its arch's input shape."""
-    from xnorpipe.deploy.fold import fold_model
-    from xnorpipe.models import get_model_spec
-
-    return fold_model(reference, arch=arch, input_shape=get_model_spec(arch).input_shape, metadata=metadata)
-
-
 MAX_IMAGE_VALUES = 1 << 26  # C * H * W of an ONNX file's input: a hostile size is refused, not allocated
 
 
@@ -174,7 +166,7 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
     (--model-arg) are a --random-init model's builder arguments."""
     from xnorpipe.deploy import onnx as deploy_onnx
     from xnorpipe.runtime import FIRST_LAYER, engine_options, engines_with, resolve_options
-    from xnorpipe.sources import load_source_model
+    from xnorpipe.sources import fold_arch, load_source_model
 
     if (arch is None) == (onnx_path is None):
         raise XnorpipeError("give exactly one of --arch or --onnx")
@@ -194,7 +186,7 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                 notes.append(f"{opt.flag} applies to --arch: {', '.join(takers)} run {Path(onnx_path).name} "
                              f"({meta.get('xnorpipe.form', 'form unknown')})")
         arch, reference = _rebuild_reference(meta, checkpoint, notes, data)
-        deploy = _fold(reference, arch) if reference is not None else None
+        deploy = fold_arch(reference, arch) if reference is not None else None
         if deploy is not None and tuple(deploy.input_shape) != input_shape:
             raise XnorpipeError(f"{onnx_path} takes {list(input_shape)} images, but its arch {arch} takes "
                                 f"{list(deploy.input_shape)}")
@@ -202,7 +194,7 @@ def prepare_sources(*, arch: str | None = None, checkpoint: str | None = None,
                             given_onnx=str(onnx_path), options=values, notes=notes)
     reference, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None,
                                             model_kwargs=model_kwargs)
-    deploy = _fold(reference, arch, metadata)
+    deploy = fold_arch(reference, arch, metadata=metadata)
     sources = BenchSources(arch=arch, deploy=deploy, reference=reference, input_shape=tuple(deploy.input_shape),
                            options=values)
     forms = engine_forms(engines, values)

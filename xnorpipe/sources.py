@@ -82,6 +82,14 @@ def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int = 
     return model
 
 
+def fold_arch(model: nn.Module, arch: str, **kwargs):
+    """`deploy.fold.fold_model` of a registered arch's model, traced on the arch's input shape."""
+    from xnorpipe.deploy.fold import fold_model
+    from xnorpipe.models import get_model_spec
+
+    return fold_model(model, arch=arch, input_shape=get_model_spec(arch).input_shape, **kwargs)
+
+
 def model_kwargs_from_metadata(meta: dict[str, str]) -> dict:
     """The builder arguments a random-init export records (`xnorpipe.model_kwargs`, JSON), checked
     as plain values like a checkpoint's (a file's metadata is untrusted input)."""

@@ -15,10 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from xnorpipe.deploy import onnx as deploy_onnx
-from xnorpipe.deploy.fold import fold_model
-from xnorpipe.models import get_model_spec
 from xnorpipe.native import ort_library_path
-from xnorpipe.sources import load_source_model
+from xnorpipe.sources import fold_arch, load_source_model
 
 
 def main() -> int:
@@ -29,7 +27,7 @@ def main() -> int:
     p.add_argument("--batch-sizes", default="1,64")
     args = p.parse_args()
     model, _ = load_source_model(args.arch, None, random_init=True)
-    deploy = fold_model(model, arch=args.arch, input_shape=get_model_spec(args.arch).input_shape)
+    deploy = fold_arch(model, args.arch)
 
     def session(form: str, library: bool, nchwc: bool):
         so = ort.SessionOptions()

@@ -25,10 +25,8 @@ import onnxruntime as ort
 
 from xnorpipe.deploy import ir
 from xnorpipe.deploy import onnx as deploy_onnx
-from xnorpipe.deploy.fold import fold_model
-from xnorpipe.models import get_model_spec
 from xnorpipe.native import ort_library_path
-from xnorpipe.sources import load_source_model
+from xnorpipe.sources import fold_arch, load_source_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +82,7 @@ def main() -> int:
         p.error("--first-layer int8 needs --form packed-bits")
     peak = ceilings()
     model, _ = load_source_model(args.arch, None, random_init=True)
-    deploy = fold_model(model, arch=args.arch, input_shape=get_model_spec(args.arch).input_shape)
+    deploy = fold_arch(model, args.arch)
     integer = None
     if args.first_layer == "int8":
         from xnorpipe.deploy.first_layer import calibrated_first_layer

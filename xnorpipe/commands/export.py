@@ -39,11 +39,9 @@ def export(arch, checkpoint, form, out, random_init, model_args, data, opset, fi
     two checkpoints (forms of another one are removed). A --random-init model has its BatchNorm
     statistics calibrated on the first training images of --data, else on a fixed synthetic set.
     """
-    from xnorpipe.deploy.fold import fold_model
     from xnorpipe.deploy.onnx import export as export_onnx
     from xnorpipe.deploy.onnx import resolve_forms
-    from xnorpipe.models import get_model_spec
-    from xnorpipe.sources import load_source_model
+    from xnorpipe.sources import fold_arch, load_source_model
 
     if data is not None and not random_init and first_layer == "float":
         if click.get_current_context().get_parameter_source("data") == click.core.ParameterSource.COMMANDLINE:
@@ -51,8 +49,7 @@ def export(arch, checkpoint, form, out, random_init, model_args, data, opset, fi
         data = None
     model, metadata = load_source_model(arch, checkpoint, random_init, data=data if random_init else None,
                                         model_kwargs=model_args)
-    deploy = fold_model(model, arch=arch, input_shape=get_model_spec(arch).input_shape, metadata=metadata,
-                        allow_nonfinite=allow_nonfinite)
+    deploy = fold_arch(model, arch, metadata=metadata, allow_nonfinite=allow_nonfinite)
     forms, note = resolve_forms(deploy, form, first_layer)
     if note:
         click.echo(f"note: {note}")

@@ -386,28 +386,22 @@ class _Folder:
             if self.value:
                 raise XnorpipeError("cannot fold a model with more than one input")
             self.value[n] = ir.INPUT
-        elif kind == "conv":
+        elif kind in ("conv", "bconv"):
             if m.padding_mode != "zeros":
-                raise self.unsupported(n, f"Conv2d padding_mode={m.padding_mode!r}")
+                raise self.unsupported(n, f"{type(m).__name__} padding_mode={m.padding_mode!r}")
             bn = self.bn_after(n)
-            op = _checked(_float_conv(m, self.module(bn) if bn else None), self.path(n), self.problems)
-            self.emit(op, args, n, bn)
-            if bn is not None:
-                self.done.add(bn)
-                self.value[n] = self.value[bn]
-        elif kind == "bconv":
-            if m.padding_mode != "zeros":
-                raise self.unsupported(n, f"BinaryConv2d padding_mode={m.padding_mode!r}")
-            (sign,) = args
-            if self.kind(sign) != "sign":
-                raise XnorpipeError(f"cannot fold {self.path(n)} (BinaryConv2d): it reads {self.path(sign)}, "
-                                    "not a BinaryActivation; binarize its input with xnorpipe.nn.BinaryActivation")
-            x, threshold, invert = self.threshold_of(sign)
-            bn = self.bn_after(n)
-            op = _checked(_binary_conv(m, threshold, invert, self.module(bn) if bn else None), self.path(n),
-                          self.problems)
-            self.emit(op, [x], n, bn)
-            if bn is not None:
+            bn_module = self.module(bn) if bn is not None else None
+            if kind == "conv":
+                x, op = args[0], _float_conv(m, bn_module)
+            else:
+                (sign,) = args
+                if self.kind(sign) != "sign":
+                    raise XnorpipeError(f"cannot fold {self.path(n)} (BinaryConv2d): it reads {self.path(sign)}, "
+                                        "not a BinaryActivation; binarize its input with xnorpipe.nn.BinaryActivation")
+                x, threshold, invert = self.threshold_of(sign)
+                op = _binary_conv(m, threshold, invert, bn_module)
+            self.emit(_checked(op, self.path(n), self.problems), [x], n, bn)
+            if bn is not None:  # the BatchNorm's output is the folded conv's
                 self.done.add(bn)
                 self.value[n] = self.value[bn]
         elif kind == "bn":
@@ -462,10 +456,9 @@ class _Folder:
             self.emit(ir.Concat(), list(n.args[0]), n)
         elif kind == "shuffle":
             self.emit(ir.ChannelShuffle(m.groups), args, n)
-        elif kind == "flatten" or (kind == "reshape"):
-            if kind == "reshape":
-                self.reshape(n)
-                return
+        elif kind == "reshape":
+            self.reshape(n)
+        elif kind == "flatten":
             src, dst = _shape(args[0]), _shape(n)
             if len(src) != 4 or len(dst) != 2 or dst[0] != src[0]:
                 raise self.unsupported(n, f"flatten {src[1:]} -> {dst[1:]}")
