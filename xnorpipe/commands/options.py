@@ -76,7 +76,8 @@ def model_args():
     return click.option(
         "--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", callback=_parse_model_args,
         help="A keyword argument of the arch's builder, e.g. width=32 (repeatable); VALUE is read as "
-        "an integer, a number, comma-separated integers, or text.",
+        "an integer, a number, comma-separated integers, or text. A checkpoint records its own: export and "
+        "bench take it with --random-init only.",
     )
 
 
